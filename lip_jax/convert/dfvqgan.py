@@ -1,0 +1,44 @@
+"""DF-VQGAN weights: official state dict (`torch.load(p)["model"]`, DFVQGAN key names) <-> Flax."""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping
+
+import flax.linen as nn
+import jax
+
+from lip_jax.convert import common
+from lip_jax.models import dfvqgan
+
+# The generic rule writes `name_N` as `name.N` (ModuleList indices); `mid.block_1` is an attribute.
+KEY_RULES = [(r"\.mid\.(block|attn)\.(\d+)\.", r".mid.\1_\2.")]
+_MASK_NORM = re.compile(r"^encoder\..*\.norm\.(weight|bias)$")
+
+
+def _mask_group_norm_shape(key: str, flax_shape: tuple[int, ...]):
+    # Official MaskGroupNorm stores its affine parameters as (1, C, 1).
+    return (1, flax_shape[0], 1) if _MASK_NORM.match(key) else None
+
+
+SHAPE_RULES = [_mask_group_norm_shape]
+
+
+def param_template(cfg) -> dict:
+    """Parameter shapes of the model built from `cfg` (no allocation)."""
+    model = dfvqgan.from_config(cfg)
+    return nn.unbox(jax.eval_shape(lambda: dfvqgan.init_params(model, jax.random.key(0))))
+
+
+def dfvqgan_from_torch(state: Mapping, cfg, what: str = "DF-VQGAN") -> dict:
+    """Official DFVQGAN state dict -> Flax params (strict: every key, every shape)."""
+    return common.torch_to_flax(state, param_template(cfg), what, SHAPE_RULES, KEY_RULES)
+
+
+def dfvqgan_to_torch(params: Mapping, cfg=None, what: str = "DF-VQGAN") -> dict:
+    """Flax params -> official DFVQGAN state dict (numpy arrays), loadable with strict=True."""
+    if cfg is not None:  # refuse params that do not belong to this config
+        expected = common.expected_torch_shapes(param_template(cfg), SHAPE_RULES, KEY_RULES)
+        got = common.expected_torch_shapes(nn.unbox(params), SHAPE_RULES, KEY_RULES)
+        common.check_keys({k: s for k, (_, s) in expected.items()}, {k: s for k, (_, s) in got.items()}, what)
+    return common.flax_to_torch(nn.unbox(params), what, SHAPE_RULES, KEY_RULES)
