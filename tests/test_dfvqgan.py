@@ -167,6 +167,17 @@ def test_round_trip_bit_exact_and_strict_load():
     fresh.load_state_dict({k: torch.from_numpy(v) for k, v in back.items()}, strict=True)
 
 
+def test_training_checkpoint_keys_are_set_aside():
+    """The released stage-1 checkpoint also holds the discriminator and LPIPS of the training Net."""
+    cfg, tm, params, *_ = setup("tiny")
+    sd = dict(tm.state_dict())
+    sd["discriminator.main.0.weight"] = torch.zeros(64, 3, 4, 4)
+    sd["perceptual_loss.lin0.model.1.weight"] = torch.zeros(1, 64, 1, 1)
+    got = dfvqgan_from_torch(sd, cfg)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(params)):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("damage", ["missing", "unexpected", "misshaped"])
 def test_strict_conversion_errors_name_the_keys(damage):
     cfg, tm, *_ = setup("tiny")

@@ -30,9 +30,25 @@ def param_template(cfg) -> dict:
     return nn.unbox(jax.eval_shape(lambda: dfvqgan.init_params(model, jax.random.key(0))))
 
 
+# The stage-1 training `Net` also holds these; the released checkpoint comes from it, which is why
+# the official inference class loads with strict=False. They are not part of the VQGAN.
+TRAINING_ONLY_PREFIXES = ("discriminator.", "perceptual_loss.")
+
+
+def split_training_keys(state: Mapping) -> tuple[dict, dict]:
+    """(VQGAN keys, training-only keys) of a stage-1 state dict."""
+    vq = {k: v for k, v in state.items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
+    return vq, {k: v for k, v in state.items() if k.startswith(TRAINING_ONLY_PREFIXES)}
+
+
 def dfvqgan_from_torch(state: Mapping, cfg, what: str = "DF-VQGAN") -> dict:
-    """Official DFVQGAN state dict -> Flax params (strict: every key, every shape)."""
-    return common.torch_to_flax(state, param_template(cfg), what, SHAPE_RULES, KEY_RULES)
+    """Official DFVQGAN (or stage-1 training Net) state dict -> Flax params.
+
+    Strict on every VQGAN key and shape; the training-only `discriminator.*` and
+    `perceptual_loss.*` entries are left aside (see `split_training_keys`).
+    """
+    vq, _ = split_training_keys(state)
+    return common.torch_to_flax(vq, param_template(cfg), what, SHAPE_RULES, KEY_RULES)
 
 
 def dfvqgan_to_torch(params: Mapping, cfg=None, what: str = "DF-VQGAN") -> dict:
