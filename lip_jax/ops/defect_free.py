@@ -59,13 +59,18 @@ def group_norm(x: Array, num_groups: int, eps: float, ddof: int, mask: Array | N
     filled = g
     if mask is not None:
         hole = mask.reshape(b, h * w, 1, 1)
-        m = jnp.sum(hole, axis=1, keepdims=True).astype(x.dtype) * (c // num_groups)
-        mean = mean * n / (n - m + eps)
+        # n - m counted directly: written as `n - m + eps`, XLA folds the constants to
+        # `(n + eps) - m`, which is 0 for an all-hole group (0/0 = NaN in the discarded branch,
+        # and NaN * 0 in its gradient).
+        known = jnp.sum(~hole, axis=1, keepdims=True).astype(x.dtype) * (c // num_groups)
+        mean = mean * n / (known + eps)
         filled = jnp.where(hole, mean, g)
     centred = filled - jnp.mean(filled, axis=(1, 3), keepdims=True)
     var = jnp.sum(jnp.square(centred), axis=(1, 3), keepdims=True) / (n - ddof)
     if mask is not None:
-        var = var * (n - 1) / (n - m - 1 + eps)
+        # All-hole: the denominator is eps - 1 < 0, as in the official code (the branch is
+        # discarded by the blend); clamping keeps a rounding residue from reaching sqrt.
+        var = jnp.maximum(var * (n - 1) / (known - 1 + eps), 0.0)
     out = (g - mean) / jnp.sqrt(var + eps)
     return out.reshape(b, h, w, c)
 
