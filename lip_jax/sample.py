@@ -1,0 +1,167 @@
+"""Autoregressive inpainting of VQ tokens with MP-S2S: a KV-cached sampler and the official
+recompute-everything algorithm (kept as the reference).
+
+Both sample the hole tokens in raster order and keep the known ones, with top-k filtering and
+temperature (greedy when top_k = 1; top_k above the codebook size means no filtering). Randomness: the token at grid position g of output row r is
+drawn with fold_in(split(rng, rows)[r], g), so both samplers consume the same random stream and a
+seed fixes the result. Rows are image-major: row b * num_samples + s is candidate s of image b.
+
+Cached sampler (`sample_tokens`), one compiled program:
+  * the token view, pixel view, text encoder and every decoder layer's cross-attention K/V run
+    once per image (then broadcast to the candidates);
+  * decoder self-attention keeps a K/V cache [rows, 1 + N, heads * dim_head] per layer;
+  * step k processes, per row, the decoder positions between the previous hole and hole k (the
+    previous hole's sampled token, then the run of known slots, whose inputs are the constant mask
+    embedding) as one parallel chunk and samples hole k, so the loop runs max(#holes) steps. Chunk
+    lengths are rounded up to a power of four and dispatched with lax.switch (static shapes).
+The caller encodes images to tokens and decodes tokens to pixels (DF-VQGAN is not used here); the
+official evaluation gives the known tokens and `image` from the masked image (holes set to 0).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from lip_jax.models.mps2s import MPS2S, MPSConfig, check_inputs
+
+
+def _check_args(cfg: MPSConfig, num_samples: int, top_k: int, temperature: float):
+    if int(num_samples) < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if int(top_k) < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if not float(temperature) > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def _draw(logits, keys, top_k, temperature):
+    """Sample from softmax(top-k logits / temperature), one key per row: int32 [R].
+    top_k may be traced (one compiled program serves every k); ties at the k-th value are kept."""
+    logits = logits.astype(jnp.float32)
+    kth = jnp.take_along_axis(-jnp.sort(-logits, axis=-1), jnp.full((logits.shape[0], 1), top_k - 1), axis=-1)
+    filtered = jnp.where(logits >= kth, logits / temperature, -jnp.inf)
+    return jax.vmap(jax.random.categorical)(keys, filtered).astype(jnp.int32)
+
+
+def chunk_sizes(t: int, base: int = 4) -> list[int]:
+    """Static chunk lengths 1, base, base^2, ... < t, then t: one lax.switch branch each."""
+    sizes, c = [], 1
+    while c < t:
+        sizes.append(c)
+        c *= base
+    return sizes + [t]
+
+
+def _grid_keys(row_keys, g):
+    """Per-row key for grid positions g [R]."""
+    return jax.vmap(jax.random.fold_in)(row_keys, g)
+
+
+def _repeat(x, s):
+    return jnp.repeat(x, s, axis=0) if s > 1 else x
+
+
+def _api(fn):
+    @functools.wraps(fn)
+    def wrapper(params, cfg, *, tokens, token_mask, image, text_ids, rng, num_samples: int = 1,
+                top_k: int = 128, temperature: float = 1.0):
+        cfg = MPSConfig.from_any(cfg)
+        tokens, token_mask = check_inputs(cfg, tokens, token_mask, image, text_ids)
+        _check_args(cfg, num_samples, top_k, temperature)
+        return fn(params, tokens, token_mask, jnp.asarray(image, jnp.float32), jnp.asarray(text_ids, jnp.int32),
+                  rng, jnp.int32(min(int(top_k), cfg.vqvae_vocab_size)), jnp.float32(temperature), cfg=cfg, num_samples=int(num_samples))
+    return wrapper
+
+
+@_api
+@functools.partial(jax.jit, static_argnames=("cfg", "num_samples"))
+def sample_tokens(params, tokens, token_mask, image, text_ids, rng, top_k, temperature, *, cfg, num_samples):
+    """KV-cached sampler -> int32 [B * num_samples, N] (holes sampled, known tokens kept)."""
+    model = MPS2S(cfg)
+    variables = {"params": params}
+    n, t = cfg.num_tokens, cfg.num_tokens + 1
+    tokens = jnp.where(token_mask, 0, tokens)  # official: holes start at token 0
+    cond = model.apply(variables, tokens, token_mask, image, text_ids, method=MPS2S.encode)
+    cross_kv = [(_repeat(k, num_samples), _repeat(v, num_samples))
+                for k, v in model.apply(variables, cond, method=MPS2S.cross_kv)]
+    tokens, mask = _repeat(tokens, num_samples), _repeat(token_mask, num_samples)
+    rows = tokens.shape[0]
+    row_keys = jax.random.split(rng, rows)
+
+    # hole grid positions per row, ascending, then padding
+    ar = jnp.arange(n)
+    order = jnp.argsort(jnp.where(mask, ar, n + ar), axis=1).astype(jnp.int32)
+    n_holes = mask.sum(axis=1).astype(jnp.int32)
+    dt = cfg.jnp_dtype
+    caches = [(jnp.zeros((rows, t, cfg.inner_dim), dt), jnp.zeros((rows, t, cfg.inner_dim), dt))
+              for _ in range(cfg.dec_depth)]
+    sizes = chunk_sizes(t)
+
+    def chunk_fn(size):
+        def run(toks, caches, start, end, active):
+            s0 = jnp.minimum(start, t - size)  # keep the window inside the cache
+            seq = s0[:, None] + jnp.arange(size)[None, :]
+            valid = (seq >= start[:, None]) & (seq <= end[:, None]) & active[:, None]
+            qi = jnp.clip(end - s0, 0, size - 1)
+            return model.apply(variables, toks, mask, seq, valid, qi, cross_kv, caches,
+                               method=MPS2S.decode_chunk)
+        return run
+
+    branches = [chunk_fn(s) for s in sizes]
+    bucket_sizes = jnp.asarray(sizes)
+
+    def body(state):
+        k, toks, caches = state
+        active = k < n_holes
+        g = order[:, jnp.minimum(k, n - 1)]
+        prev = order[:, jnp.maximum(k - 1, 0)]
+        start = jnp.where(k > 0, prev + 1, 0)
+        end = g  # logits at sequence position g predict grid token g
+        length = jnp.where(active, end - start + 1, 0)
+        branch = jnp.searchsorted(bucket_sizes, length.max())
+        logits, caches = jax.lax.switch(branch, branches, toks, caches, start, end, active)
+        new = _draw(logits, _grid_keys(row_keys, g), top_k, temperature)
+        cur = jnp.take_along_axis(toks, g[:, None], axis=1)[:, 0]
+        toks = toks.at[jnp.arange(rows), g].set(jnp.where(active, new, cur))
+        return k + 1, toks, caches
+
+    _, tokens, _ = jax.lax.while_loop(lambda s: s[0] < n_holes.max(), body, (jnp.int32(0), tokens, caches))
+    return tokens
+
+
+@_api
+@functools.partial(jax.jit, static_argnames=("cfg", "num_samples"))
+def sample_tokens_recompute(params, tokens, token_mask, image, text_ids, rng, top_k, temperature, *, cfg,
+                            num_samples):
+    """The official algorithm: for every grid position holding a hole in some row, run the whole
+    model (encoders included) on the current tokens and sample that position. Reference only."""
+    model = MPS2S(cfg)
+    n = cfg.num_tokens
+    tokens = _repeat(jnp.where(token_mask, 0, tokens), num_samples)
+    mask = _repeat(token_mask, num_samples)
+    image, text_ids = _repeat(image, num_samples), _repeat(text_ids, num_samples)
+    rows = tokens.shape[0]
+    row_keys = jax.random.split(rng, rows)
+
+    def body(g, toks):
+        need = mask[:, g]
+
+        def step(toks):
+            logits = model.apply({"params": params}, toks, mask, image, text_ids)[:, g]
+            new = _draw(logits, _grid_keys(row_keys, jnp.full((rows,), g)), top_k, temperature)
+            return toks.at[:, g].set(jnp.where(need, new, toks[:, g]))
+
+        return jax.lax.cond(need.any(), step, lambda x: x, toks)
+
+    return jax.lax.fori_loop(0, n, body, tokens)
+
+
+def kv_cache_bytes(cfg, batch: int, dtype=None) -> dict:
+    """Memory of the cached sampler's decoder state for `batch` rows (images x candidates)."""
+    cfg = MPSConfig.from_any(cfg)
+    item = jnp.dtype(dtype or cfg.dtype).itemsize
+    per = 2 * cfg.dec_depth * batch * cfg.inner_dim * item
+    return {"self_kv": per * (cfg.num_tokens + 1), "cross_kv": per * cfg.cond_len}

@@ -1,0 +1,152 @@
+"""Benchmark the KV-cached MP-S2S sampler against the official recompute-everything sampler.
+
+    python tools/bench_sample.py                       # "mid" (both samplers) and "cc" (official size)
+    python tools/bench_sample.py --presets mid --batch 2 --hole 0.5
+
+Same random weights and inputs for both samplers, greedy-free top-k sampling (k=128), a centred
+square hole covering ~`hole` of the token grid. The recompute baseline is skipped when its estimate
+(holes x one full forward) exceeds --max-recompute-s; the full-forward time is then measured or,
+with --estimate-forward, extrapolated from the previous preset by FLOP count (stated in the output).
+Prints a Markdown table and one final JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from lip_jax import sample  # noqa: E402
+from lip_jax.convert.mps2s import param_template  # noqa: E402
+from lip_jax.models import mps2s  # noqa: E402
+
+
+def random_params(cfg, seed=0):
+    rng = np.random.default_rng(seed)
+
+    def leaf(path, s):
+        name = path[-1].key
+        if len(s.shape) == 3 and name == "scale":
+            return np.full(s.shape, 0.1, np.float32)
+        if len(s.shape) == 1:
+            return ((name == "scale") + 0.02 * rng.standard_normal(s.shape, np.float32)).astype(np.float32)
+        fan_in = s.shape[-2] * (int(np.prod(s.shape[:-2])) if len(s.shape) == 4 else 1)
+        std = 1.0 if ("emb" in name or "weights" in name) else fan_in ** -0.5
+        return (std * rng.standard_normal(s.shape, np.float32)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(leaf, param_template(cfg))
+
+
+def inputs(cfg, batch, hole, seed=0):
+    rng = np.random.default_rng(seed)
+    h, w = cfg.grid
+    side = max(1, round(math.sqrt(hole) * h))
+    m = np.zeros((h, w), bool)
+    top, left = (h - side) // 2, (w - side) // 2
+    m[top:top + side, left:left + side] = True
+    return dict(tokens=jnp.asarray(rng.integers(0, cfg.vqvae_vocab_size, (batch, h * w)), jnp.int32),
+                token_mask=jnp.asarray(np.broadcast_to(m.reshape(-1), (batch, h * w))),
+                image=jnp.asarray(rng.uniform(-1, 1, (batch, cfg.img_size, cfg.img_size, 3)), jnp.float32),
+                text_ids=jnp.asarray(rng.integers(1, cfg.text_vocab_size, (batch, cfg.text_len)), jnp.int32))
+
+
+def forward_flops(cfg) -> float:
+    """Matmul FLOPs of one teacher-forced forward per image (text tower left out)."""
+    n, nv, d, inner = cfg.num_tokens, cfg.vit_grid[0] * cfg.vit_grid[1], cfg.dim, cfg.inner_dim
+    ff = 2 * d * d * cfg.ff_mult * 3  # GEGLU: d -> 2 * mult * d, mult * d -> d
+    enc = lambda length: length * (2 * 4 * d * inner + 2 * 2 * length * inner + ff)
+    dec_tok = 2 * 4 * d * inner + 2 * 2 * (n + 1) * inner + 2 * 2 * d * inner + 2 * 2 * cfg.cond_len * inner + ff
+    dec = cfg.dec_depth * ((n + 1) * dec_tok + cfg.cond_len * 2 * 2 * d * inner)
+    return cfg.enc_depth * (enc(n) + enc(nv)) + dec + 2 * n * d * cfg.vqvae_vocab_size
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = jax.block_until_ready(fn())
+    return out, time.perf_counter() - t
+
+
+def bench(preset, batch, hole, top_k, max_recompute_s, prev=None, estimate_forward=False):
+    cfg = mps2s.MPSConfig.from_any(preset)
+    params = jax.device_put(random_params(cfg))
+    x = inputs(cfg, batch, hole)
+    holes = int(np.asarray(x["token_mask"][0]).sum())
+    run = lambda f, seed: f(params, cfg, rng=jax.random.PRNGKey(seed), top_k=top_k, **x)
+    _, t_first = timed(lambda: run(sample.sample_tokens, 0))
+    cached, t_cached = timed(lambda: run(sample.sample_tokens, 1))
+    row = dict(preset=preset, grid=f"{cfg.grid[0]}x{cfg.grid[1]}", dim=cfg.dim,
+               layers=f"{cfg.dec_depth}+{cfg.enc_depth}+{cfg.enc_depth}", batch=batch, holes=holes,
+               cached_s_per_image=t_cached / batch, cached_tok_per_s=holes * batch / t_cached,
+               cached_compile_s=t_first - t_cached)
+    fwd = jax.jit(lambda p: mps2s.MPS2S(cfg).apply({"params": p}, x["tokens"], x["token_mask"], x["image"],
+                                                   x["text_ids"]))
+    if estimate_forward and prev is not None:
+        t_fwd = prev["forward_s"] * forward_flops(cfg) / forward_flops(mps2s.MPSConfig.from_any(prev["preset"]))
+        row["forward_s_note"] = f"extrapolated from {prev['preset']} by FLOP count"
+    else:
+        timed(lambda: fwd(params))
+        _, t_fwd = timed(lambda: fwd(params))
+    row["forward_s"] = t_fwd
+    estimate = holes * t_fwd
+    if estimate <= max_recompute_s:
+        timed(lambda: run(sample.sample_tokens_recompute, 0))  # compile
+        ref, t_ref = timed(lambda: run(sample.sample_tokens_recompute, 1))
+        row.update(recompute_s_per_image=t_ref / batch, recompute_tok_per_s=holes * batch / t_ref,
+                   speedup=t_ref / t_cached, tokens_equal=bool(np.array_equal(np.asarray(ref), np.asarray(cached))))
+    else:
+        row.update(recompute_s_per_image=None, recompute_tok_per_s=None,
+                   recompute_estimate_s_per_image=estimate / batch, speedup_estimate=estimate / t_cached,
+                   recompute_note=f"skipped: estimated {estimate:.0f} s > {max_recompute_s:.0f} s")
+    kv = sample.kv_cache_bytes(cfg, 8)
+    row.update(kv_self_bytes_batch8=kv["self_kv"], kv_cross_bytes_batch8=kv["cross_kv"])
+    return row
+
+
+def fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--presets", default="mid,cc")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--hole", type=float, default=0.5)
+    ap.add_argument("--top-k", type=int, default=128)
+    ap.add_argument("--max-recompute-s", type=float, default=600.0)
+    ap.add_argument("--estimate-forward", action="store_true",
+                    help="extrapolate later presets' forward time by FLOPs instead of measuring it")
+    args = ap.parse_args()
+    rows, prev = [], None
+    for p in args.presets.split(","):
+        prev = bench(p, args.batch, args.hole, args.top_k, args.max_recompute_s, prev, args.estimate_forward)
+        rows.append(prev)
+        print(f"# {p}: done", file=sys.stderr, flush=True)
+    dev = jax.devices()[0]
+    print("| preset | grid | dim | layers dec+enc+pth | holes | cached s/img | cached tok/s | cached compile s "
+          "| recompute s/img | recompute tok/s | speedup | tokens equal |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        rec = r["recompute_s_per_image"]
+        speed = fmt(r.get("speedup"), ".1f") if rec is not None else f"~{r['speedup_estimate']:.0f} (est.)"
+        rec_s = fmt(rec, ".2f") if rec is not None else f"~{r['recompute_estimate_s_per_image']:.0f} (est., skipped)"
+        print(f"| {r['preset']} | {r['grid']} | {r['dim']} | {r['layers']} | {r['holes']} | "
+              f"{r['cached_s_per_image']:.2f} | {r['cached_tok_per_s']:.1f} | {r['cached_compile_s']:.1f} | "
+              f"{rec_s} | {fmt(r['recompute_tok_per_s'], '.2f')} | {speed} | {r.get('tokens_equal', '-')} |")
+    for r in rows:
+        print(f"KV cache ({r['preset']}, batch 8, float32): self-attention {r['kv_self_bytes_batch8'] / 2**30:.2f} GiB, "
+              f"cross-attention K/V {r['kv_cross_bytes_batch8'] / 2**30:.2f} GiB")
+    print(json.dumps(dict(backend=jax.default_backend(), device_kind=dev.device_kind, batch=args.batch,
+                          hole=args.hole, top_k=args.top_k, results=rows)))
+
+
+if __name__ == "__main__":
+    main()
