@@ -134,9 +134,38 @@ def cmd_convert(args) -> None:
     print(f"wrote {args.dst}")
 
 
+def run_train(argv: list[str]) -> int:
+    """`lip-jax train --config FILE[:arg] --workdir DIR [--config.key=value ...]` (absl flags)."""
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "training config file[:arg]", flag_values=flag_values,
+                                    lock_config=True)
+    flags.DEFINE_string("workdir", None, "run directory (checkpoints, logs)", flag_values=flag_values)
+    try:
+        flag_values(["lip-jax train", *argv])
+        config = flag_values.config
+        if config is not None:
+            config.keys()  # a config file that failed to load raises only when used
+    except (KeyError, AttributeError) as e:
+        raise UsageError(f"--config override names a field the config does not have: {e}") from e
+    except (flags.Error, ValueError, OSError) as e:
+        raise UsageError(" ".join(str(e).split())[:300]) from e
+    if config is None or not flag_values.workdir:
+        raise UsageError("train needs --config FILE[:arg] and --workdir DIR")
+    from lip_jax.train.trainer import train
+
+    train(config, flag_values.workdir)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lip-jax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("train", help="train stage 1 or 2: --config FILE[:arg] --workdir DIR [--config.k=v ...]",
+                   add_help=False)
 
     p = sub.add_parser("reconstruct", help="encode a defective image with DF-VQGAN and decode it")
     p.add_argument("--config", required=True, help="config file[:arg], e.g. configs/dfvqgan_imagenet.py")
@@ -152,17 +181,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="src", required=True, help=".pth file or orbax directory")
     p.add_argument("--to", dest="dst", required=True, help="orbax directory or .pth file")
     p.set_defaults(fn=cmd_convert)
+
+    from lip_jax import inpaint
+    inpaint.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     from lip_jax.convert.common import ConversionError
+    from lip_jax.data.errors import DataError
     from lip_jax.train.checkpoints import CheckpointError
 
     try:
+        if argv and argv[0] == "train":
+            return run_train(argv[1:])
+        args = build_parser().parse_args(argv)
         args.fn(args)
-    except (UsageError, ConversionError, CheckpointError) as e:
+    except (UsageError, ConversionError, CheckpointError, DataError) as e:
         print(f"lip-jax: error: {e}", file=sys.stderr)
         return 2
     return 0

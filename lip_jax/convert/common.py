@@ -40,7 +40,7 @@ def to_flax_layout(leaf: str, value: np.ndarray, flax_shape: tuple[int, ...]) ->
         value = value.T
     if value.size != int(np.prod(flax_shape)):
         raise ConversionError(f"size mismatch: {value.shape} vs Flax {flax_shape}")
-    return np.ascontiguousarray(value.reshape(flax_shape))
+    return np.ascontiguousarray(value).reshape(flax_shape)  # ascontiguousarray makes 0-d arrays 1-d
 
 
 def to_torch_layout(leaf: str, value: np.ndarray, torch_shape: tuple[int, ...]) -> np.ndarray:
@@ -50,7 +50,7 @@ def to_torch_layout(leaf: str, value: np.ndarray, torch_shape: tuple[int, ...]) 
         value = value.transpose(3, 2, 0, 1)
     elif leaf == "kernel" and value.ndim == 2:
         value = value.T
-    return np.ascontiguousarray(value.reshape(torch_shape))
+    return np.ascontiguousarray(value).reshape(torch_shape)
 
 
 def default_torch_shape(leaf: str, flax_shape: tuple[int, ...]) -> tuple[int, ...]:

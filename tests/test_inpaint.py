@@ -1,0 +1,290 @@
+"""Inpainting pipeline and `lip-jax inpaint` end to end on tiny random models: DF-VQGAN "reduced"
+at 32 px (4x4 tokens over a 128 codebook), a matching MP-S2S and the tiny CLIP.
+
+The CLI tests call lip_jax.cli.main and need `inpaint` registered there (two lines in cli.py)."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import torch_clip as T
+from lip_jax import inpaint as I
+from lip_jax.cli import main, to_uint8
+from lip_jax.convert import clip as CC
+from lip_jax.convert.common import save_torch_checkpoint
+from lip_jax.convert.mps2s import lip_to_torch
+from lip_jax.models import clip as C
+from lip_jax.models import dfvqgan as D
+from lip_jax.train.checkpoints import save_params
+
+VQ = dict(D.PRESETS["reduced"])
+MPS = dict(img_size=32, vae_patch_size=8, vit_patch_size=16, vqvae_vocab_size=128, vae_emb_dim=16, dim=32,
+           dec_depth=2, enc_depth=1, heads=2, dim_head=16, ff_mult=4, attn_dropout=0.0, ff_dropout=0.0,
+           kernel_size=3, text_vocab_size=259, text_len=16, text_width=32, text_layers=1, text_heads=2,
+           tokenizer="bytes")
+CONFIG_PY = f"""import ml_collections
+
+
+def get_config(arg=None):
+    c = ml_collections.ConfigDict()
+    c.mps = ml_collections.ConfigDict({MPS!r})
+    c.vqgan = ml_collections.ConfigDict({VQ!r})
+    if arg == "mismatch":
+        c.vqgan.n_e = 64
+    c.sample = ml_collections.ConfigDict(dict(top_k=128, temperature=1.0, num_samples=3))
+    return c
+"""
+
+
+def random_params(template, seed):
+    """Random weights from shapes alone: compiling model.init of DF-VQGAN costs ~30 s on 2 cores."""
+    rng = np.random.default_rng(seed)
+
+    def leaf(path, t):
+        name, shape = path[-1].key, t.shape
+        if name == "kernel":
+            return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))).astype(np.float32)
+        if name == "scale" and len(shape) == 1:  # norms (LayerScale is 3-d)
+            return (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+        if name == "bias":
+            return (0.05 * rng.standard_normal(shape)).astype(np.float32)
+        return (0.5 * rng.standard_normal(shape)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(leaf, template)
+
+
+@pytest.fixture(scope="module")
+def models():
+    from lip_jax.convert import dfvqgan as CV
+    from lip_jax.convert import mps2s as CM
+
+    vq = random_params(CV.param_template(VQ), 1)
+    mps = random_params(CM.param_template(MPS), 2)
+    clip = random_params(CC.param_template("tiny"), 3)
+    return vq, mps, clip
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    image = rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    mask = np.zeros((2, 32, 32), bool)
+    mask[0, 4:14, 9:30] = True
+    mask[1, 20:32, 0:5] = True
+    return image, mask
+
+
+def run(models, data, texts=("a red car", "two cats"), **kw):
+    vq, mps, _ = models
+    kw = dict(dict(num_samples=3, top_k=128, temperature=1.0, seed=0), **kw)
+    return I.inpaint(vq, VQ, mps, MPS, *data, list(texts), **kw)
+
+
+def test_known_tokens_kept_shapes_and_masked_skip_decoding(models, data):
+    vq, _, _ = models
+    image, mask = data
+    out = run(models, data)
+    assert out["best"].shape == (2, 32, 32, 3) and out["candidates"].shape == (2, 3, 32, 32, 3)
+    assert out["tokens"].shape == (2, 3, 16) and out["scores"] is None
+    np.testing.assert_array_equal(out["order"], np.broadcast_to(np.arange(3), (2, 3)))
+    np.testing.assert_array_equal(out["best"], out["candidates"][:, 0])
+    # latent hole = any pixel of the 8x8 cell is a hole
+    want_tm = mask.reshape(2, 4, 8, 4, 8).any(axis=(2, 4)).reshape(2, 16)
+    np.testing.assert_array_equal(out["token_mask"], want_tm)
+    # independently: encode the defective image, decode each candidate with its skips
+    model = D.from_config(VQ)
+    x = jnp.asarray(np.where(mask[..., None], 0.0, image))
+    enc = model.apply({"params": vq}, x, jnp.asarray(mask), method=D.DFVQGAN.encode)
+    known = np.asarray(enc["indices"]).reshape(2, 16)
+    for b in range(2):
+        for s in range(3):
+            t = out["tokens"][b, s]
+            np.testing.assert_array_equal(t[~want_tm[b]], known[b][~want_tm[b]])
+            one = lambda a: a[b:b + 1]  # noqa: E731
+            img = model.apply({"params": vq}, jnp.asarray(t.reshape(1, 4, 4)), [one(h) for h in enc["skips"]],
+                              [one(m) for m in enc["skip_masks"]], method=D.DFVQGAN.decode_indices)
+            want = np.asarray(img)[0]
+            assert np.abs(out["candidates"][b, s] - want).max() <= 1e-4 * np.abs(want).max()
+    # samples differ somewhere in the holes (random model, top_k 128)
+    assert any(not np.array_equal(out["tokens"][b, 0], out["tokens"][b, s]) for b in range(2) for s in (1, 2))
+
+
+def test_seed_determinism_and_batch_of_one(models, data):
+    a, b = run(models, data, seed=5), run(models, data, seed=5)
+    np.testing.assert_array_equal(a["tokens"], b["tokens"])
+    np.testing.assert_array_equal(a["candidates"], b["candidates"])
+    c = run(models, data, seed=6)
+    assert not np.array_equal(a["tokens"], c["tokens"])
+    vq, mps, _ = models
+    single = I.inpaint(vq, VQ, mps, MPS, data[0][0], data[1][0], "", num_samples=3, seed=1)
+    assert single["candidates"].shape == (1, 3, 32, 32, 3)
+
+
+def test_greedy_candidates_identical(models, data):
+    out = run(models, data, top_k=1, num_samples=3)
+    for s in (1, 2):
+        np.testing.assert_array_equal(out["tokens"][:, 0], out["tokens"][:, s])
+        np.testing.assert_array_equal(out["candidates"][:, 0], out["candidates"][:, s])
+
+
+def test_clip_reranking_follows_independent_torch_scores(models, data):
+    _, _, clip = models
+    texts = ("a red car", "two cats")
+    plain = run(models, data, texts, seed=3)
+    ranked = run(models, data, texts, seed=3, clip=(clip, "tiny"))
+    # independent CLIP scores of the unranked candidates, with the PyTorch reference
+    ref = T.CLIP(C.PRESETS["tiny"]).eval()
+    ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in CC.clip_to_openai(clip).items()})
+    from lip_jax.models.tokenizer import get_tokenizer
+
+    ids = torch.from_numpy(get_tokenizer("bytes", 16)(list(texts))).long()
+    cands = np.clip(plain["candidates"], -1, 1)
+    mean, std = np.asarray(C.IMAGE_MEAN), np.asarray(C.IMAGE_STD)
+    with torch.no_grad():
+        txt = ref.encode_text(ids)
+        txt = txt / txt.norm(dim=-1, keepdim=True)
+        px = torch.from_numpy((((cands + 1) / 2 - mean) / std).astype(np.float32).reshape(6, 32, 32, 3))
+        img = ref.encode_image(px.permute(0, 3, 1, 2))
+        img = (img / img.norm(dim=-1, keepdim=True)).reshape(2, 3, -1)
+        want = 100 * (img * txt[:, None]).sum(-1).numpy()
+    order = np.argsort(-want, axis=1, kind="stable")
+    np.testing.assert_array_equal(ranked["order"], order)
+    np.testing.assert_allclose(ranked["scores"], np.take_along_axis(want, order, axis=1), rtol=1e-4, atol=1e-4)
+    assert (np.diff(ranked["scores"], axis=1) <= 0).all()
+    for b in range(2):
+        np.testing.assert_array_equal(ranked["candidates"][b], plain["candidates"][b][order[b]])
+    np.testing.assert_array_equal(ranked["best"], ranked["candidates"][:, 0])
+
+
+def test_clip_score_batching_matches_one_batch(models, data):
+    from lip_jax.eval.clip_score import clip_score
+
+    _, _, clip = models
+    imgs = np.concatenate([data[0], data[0][::-1], data[0][:1]])
+    texts = ["a", "b", "c", "", "e"]
+    full = clip_score(clip, "tiny", imgs, texts, batch_size=64)
+    np.testing.assert_allclose(clip_score(clip, "tiny", imgs, texts, batch_size=2), full, rtol=1e-5, atol=1e-4)
+    assert full.shape == (5,) and np.all(np.abs(full) <= 100)
+    with pytest.raises(ValueError, match="5 images but 4 texts"):
+        clip_score(clip, "tiny", imgs, texts[:4])
+
+
+def test_bad_pipeline_inputs(models, data):
+    vq, mps, _ = models
+    image, mask = data
+    with pytest.raises(ValueError, match="needs a hole"):
+        I.inpaint(vq, VQ, mps, MPS, image, np.zeros_like(mask), "x")
+    with pytest.raises(ValueError, match="codebook 64 != MP-S2S vqvae_vocab_size 128"):
+        I.inpaint(vq, dict(VQ, n_e=64), mps, MPS, image, mask, "x")
+    with pytest.raises(ValueError, match="2 strings"):
+        I.inpaint(vq, VQ, mps, MPS, image, mask, ["only one"])
+
+
+def test_load_lip_checkpoint_orbax_and_official_pth(models, tmp_path):
+    vq, mps, clip = models
+    d = str(tmp_path / "orbax")
+    save_params(d, {"mps": mps, "vqgan": vq})
+    got = I.load_lip_checkpoint(d, MPS, VQ)
+    assert set(got) == {"mps", "vqgan"}
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves({"mps": mps, "vqgan": vq})):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # official layout, with a clip_sim reranker (width 64: OpenAI's head count rule gives 1 head)
+    ccfg = C.ClipConfig(**dict(C.PRESETS["tiny"], vision_width=64, vision_heads=1, transformer_width=64,
+                               transformer_heads=1))
+    cparams = random_params(CC.param_template(ccfg), 4)
+    sim = {f"model.{k}": v for k, v in CC.clip_to_openai(cparams).items()}
+    pth = str(tmp_path / "lip.pth")
+    save_torch_checkpoint(lip_to_torch({"mps": mps, "vqgan": vq, "clip_sim": sim}, MPS, VQ), pth)
+    got = I.load_lip_checkpoint(pth, MPS, VQ)
+    assert got["clip"][1] == ccfg
+    for a, b in zip(jax.tree_util.tree_leaves((got["mps"], got["vqgan"], got["clip"][0])),
+                    jax.tree_util.tree_leaves((mps, vq, cparams))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    from lip_jax.train.checkpoints import CheckpointError
+
+    wrong = str(tmp_path / "wrong")
+    save_params(wrong, {"mps": mps, "vqgan": {"x": np.zeros(2)}})
+    with pytest.raises(CheckpointError, match="'vqgan' parameters do not match"):
+        I.load_lip_checkpoint(wrong, MPS, VQ)
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def files(models, tmp_path_factory):
+    vq, mps, clip = models
+    root = tmp_path_factory.mktemp("cli")
+    (root / "cfg.py").write_text(CONFIG_PY)
+    save_params(str(root / "ckpt"), {"mps": mps, "vqgan": vq})
+    torch.save({k: torch.from_numpy(np.array(v)) for k, v in CC.clip_to_openai(clip).items()}, root / "clip.pt")
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "img.png")
+    m = np.zeros((32, 32), np.uint8)
+    m[10:20, 3:17] = 255
+    Image.fromarray(m).save(root / "mask.png")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "nohole.png")
+    Image.fromarray(np.full((32, 32), 255, np.uint8)).save(root / "full.png")
+    Image.fromarray(np.full((24, 32), 255, np.uint8)).save(root / "small.png")
+    return root
+
+
+def _argv(root, *extra, mask="mask.png", config="cfg.py"):
+    return ["inpaint", "--config", str(root / config), "--ckpt", str(root / "ckpt"), "--image", str(root / "img.png"),
+            "--mask", str(root / mask), "--text", "a red car", "--out", str(root / "out.png"), *extra]
+
+
+def test_cli_writes_best_and_grid_like_the_pipeline(models, files, capsys):
+    root = files
+    rc = main(_argv(root, "--clip", str(root / "clip.pt"), "--clip-config", "tiny", "--grid", str(root / "grid.png"),
+                    "--seed", "4"))
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    for stage in ("encode:", "sample:", "decode:", "rerank:"):
+        assert stage in err
+    best = np.asarray(Image.open(root / "out.png"))
+    grid = np.asarray(Image.open(root / "grid.png"))
+    assert best.shape == (32, 32, 3) and grid.shape == (32, 5 * 32 + 4 * 2, 3)  # input, mask, 3 candidates
+    vq, mps, clip = models
+    image = np.asarray(Image.open(root / "img.png")).astype(np.float32) / 127.5 - 1
+    mask = np.asarray(Image.open(root / "mask.png")) > 0
+    want = I.inpaint(vq, VQ, mps, MPS, image, mask, "a red car", num_samples=3, seed=4, clip=(clip, "tiny"))
+    np.testing.assert_array_equal(best, to_uint8(want["best"][0]))
+    np.testing.assert_array_equal(grid[:, -32:], to_uint8(want["candidates"][0, -1]))
+
+
+def test_cli_all_hole_mask_and_empty_text_are_allowed(files, capsys):
+    root = files
+    argv = _argv(root, mask="full.png")
+    argv[argv.index("--text") + 1] = ""
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "generating from the text alone" in err and "unconditional on text" in err
+    assert np.asarray(Image.open(root / "out.png")).shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("case,match", [
+    ("missing_image", "image file not found"),
+    ("mask_size", "mask is 32x24 but the image is 32x32"),
+    ("no_hole", "mask has no defective"),
+    ("missing_ckpt", "no such checkpoint"),
+    ("config_mismatch", "codebook 64 != MP-S2S"),
+    ("bad_top_k", "--top-k >= 1"),
+])
+def test_cli_bad_inputs_exit_2_with_one_line(files, capsys, case, match):
+    root = files
+    argv = {
+        "missing_image": lambda: [a.replace("img.png", "nope.png") for a in _argv(root)],
+        "mask_size": lambda: _argv(root, mask="small.png"),
+        "no_hole": lambda: _argv(root, mask="nohole.png"),
+        "missing_ckpt": lambda: [a.replace(os.sep + "ckpt", os.sep + "nockpt") for a in _argv(root)],
+        "config_mismatch": lambda: _argv(root, config="cfg.py:mismatch"),
+        "bad_top_k": lambda: _argv(root, "--top-k", "0"),
+    }[case]()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lip-jax: error: ") and match in err[0], err
