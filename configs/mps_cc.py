@@ -1,33 +1,41 @@
-"""MP-S2S pre-training on Conceptual Captions (official config/mps4cc/base.py).
+"""MP-S2S pre-training on Conceptual Captions, the official `config/mps4cc/base.py` recipe.
 
-    get_config()        official sizes (lip_jax.models.mps2s.PRESETS["cc"]) + DF-VQGAN imagenet8192
-    get_config("tiny")  the same code paths at test size (DF-VQGAN "tiny")
+    lip-jax train --config configs/mps_cc.py --workdir DIR --config.vqgan_ckpt=ckpt/dfvqgan \
+        --config.data.source_kwargs.root=/data/cc
+
+The DF-VQGAN is frozen (orbax checkpoint from `lip-jax convert` or stage 1); `vae_emb` starts from
+its codebook. `get_config("mid")` / `("tiny")` select the smaller MP-S2S presets.
 """
 
 import ml_collections
 
-# Official `Args` values that are not model hyper-parameters.
-TRAIN = dict(train_batch_size=8, eval_batch_size=8, learning_rate=5e-4, epochs=5000, seed=42,
-             eval_step=1, save_step=1, max_source_len=35, ignore_index=-100,
-             # random box masks on the 32x32 token grid (MaskingGenerator)
-             min_vmlm_ratio=0.5, max_vmlm_ratio=0.7, min_per_mask_ratio=0.1, max_per_mask_ratio=0.3, attempt=5)
-SAMPLE = dict(top_k=128, temperature=1.0, num_samples=2, best_n=2)  # official tk, temperature, sample_K, best_n
-VQGAN_PRESET = {"cc": "imagenet8192", "coco": "imagenet8192", "mid": "imagenet8192", "tiny": "tiny"}
+# Official `Args` values besides the model: batch 8 per process, AdamW 5e-4 with 5% linear warm-up
+# then linear decay (finetune.py), masks of 50-70% of the image in boxes of 10-30% (MaskingGenerator).
+VQGAN_PRESET = {"cc": "imagenet8192", "coco": "imagenet8192", "mid": "imagenet8192"}
 
 
-def build(preset: str, train_overrides: dict) -> ml_collections.ConfigDict:
-    from lip_jax.models import dfvqgan, mps2s  # imported lazily: configs stay importable alone
+def build(preset: str) -> ml_collections.ConfigDict:
+    from lip_jax.models import dfvqgan, mps2s  # lazily: config files stay importable alone
 
-    if preset not in mps2s.PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; have {sorted(mps2s.PRESETS)}")
-    config = ml_collections.ConfigDict()
-    config.mps = ml_collections.ConfigDict(mps2s.PRESETS[preset])
-    config.vqgan = ml_collections.ConfigDict(dfvqgan.PRESETS[VQGAN_PRESET[preset]])
-    config.train = ml_collections.ConfigDict({**TRAIN, **train_overrides})
-    config.sample = ml_collections.ConfigDict(SAMPLE)
-    config.init_checkpoint = ""  # official release .pth ({"model": state_dict}) or empty
-    return config
+    if preset not in VQGAN_PRESET:
+        raise ValueError(f"unknown preset {preset!r}; have {sorted(VQGAN_PRESET)}")
+    c = ml_collections.ConfigDict()
+    c.stage = 2
+    c.seed = 42
+    c.mps = ml_collections.ConfigDict(mps2s.PRESETS[preset])
+    c.vqgan = ml_collections.ConfigDict(dfvqgan.PRESETS[VQGAN_PRESET[preset]])
+    c.vqgan_ckpt = ""
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    c.data = dict(source="cc", source_kwargs=dict(root="", split="train"), image_size=c.mps.img_size,
+                  batch_size=8, mask="stage2", augment="stage2", workers=2, seed=42,
+                  vae_patch_size=c.mps.vae_patch_size, shards=0)  # shards 0: one per process
+    c.train = dict(total_steps=1_000_000, lr=5e-4, warmup_fraction=0.05, weight_decay=0.0, grad_accum=1,
+                   max_grad_norm=0.0, init_ckpt="", log_every=50, save_every=5000, sample_every=0, keep=3)
+    c.sample = dict(top_k=128, temperature=1.0, num_samples=2, best_n=2)  # official tk, sample_K, best_n
+    c.distributed = dict(enabled=False, coordinator_address="", num_processes=0, process_id=-1,
+                         cpu_collectives="")
+    return c
 
 
 def get_config(arg=None):
-    return build(arg or "cc", {})
+    return build(arg or "cc")

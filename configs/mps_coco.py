@@ -1,25 +1,17 @@
-"""MP-S2S fine-tuning on MS-COCO (official config/mps4coco/base.py).
+"""MP-S2S fine-tuning on MS-COCO, the official `config/mps4coco/base.py` recipe.
 
-The model is identical to configs/mps_cc.py; the official file differs only in training-loop settings:
-eval/save every 10 epochs (CC: every epoch), max_eval_samples 32, and `pretrained_model` pointing at
-the CC checkpoint `checkpoint/pretrained/epoch66-chunk-0.pth` (the `patch_size = 8` field it adds is
-unused). config/lip4maskcoco/base.py (NUWA-LIP on MaskCOCO) wraps the same network as `painter`,
-loaded from a checkpoint, with learning_rate 1.5e-3, eval/save every 50 and no training augmentation.
+Same model as configs/mps_cc.py; fine-tuning starts from the CC pre-training (`train.init_ckpt`: an
+orbax MP-S2S checkpoint, e.g. converted from the released `epoch66-chunk-0.pth`).
 """
 
-import importlib.util
 import os
 
-# config files are loaded by path (ml_collections config_flags): load the sibling the same way
-_spec = importlib.util.spec_from_file_location("_mps_cc", os.path.join(os.path.dirname(os.path.abspath(__file__)), "mps_cc.py"))
-_mps_cc = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_mps_cc)
-build = _mps_cc.build
-
-COCO = dict(eval_step=10, save_step=10, max_eval_samples=32)
+from lip_jax.cli import load_config
 
 
 def get_config(arg=None):
-    config = build(arg or "coco", COCO)
-    config.init_checkpoint = "checkpoint/pretrained/epoch66-chunk-0.pth"  # MP-S2S after CC pre-training
-    return config
+    c = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "mps_cc.py") + ":" + (arg or "coco"))
+    c.data.source = "coco"
+    c.data.source_kwargs = dict(root="", split="train")
+    c.train.init_ckpt = "ckpt/mps_cc"
+    return c

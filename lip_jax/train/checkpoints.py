@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -41,3 +44,44 @@ def load_params(directory: str, template=None):
             raise CheckpointError(f"{directory}: parameters do not match the model config "
                                   f"({len(bad)} missing or mis-shaped, e.g. {bad[:3]}; {len(got)} vs {len(want)} leaves)")
     return params
+
+
+class DataStateHandler(ocp.CheckpointHandler):
+    """Every process writes its own data-iterator state (`process_I-of-N.json`) into the item dir,
+    so a resumed run, on the same number of hosts, sees exactly the batches it would have seen."""
+
+    def save(self, directory, args: "DataSave"):
+        name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        (directory / name).write_text(json.dumps(args.item.get_state()))
+
+    def restore(self, directory, args: "DataRestore"):
+        path = directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        if not path.exists():
+            found = sorted(p.name for p in directory.iterdir())
+            raise CheckpointError(f"{directory}: no data state {path.name} (saved with other host counts: {found})")
+        args.item.set_state(json.loads(path.read_text()))
+        return args.item
+
+    def metadata(self, directory):
+        return None
+
+    def structure(self, directory):
+        return None
+
+    def finalize(self, directory):
+        pass
+
+    def close(self):
+        pass
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_save=True)
+@dataclasses.dataclass
+class DataSave(ocp.args.CheckpointArgs):
+    item: Any
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
+@dataclasses.dataclass
+class DataRestore(ocp.args.CheckpointArgs):
+    item: Any

@@ -1,0 +1,159 @@
+"""Stage 1: DF-VQGAN training, as the official `dfvq4imagenet` recipe.
+
+Per batch, as the official trainer: a generator (autoencoder) update with L1 + LPIPS + codebook +
+adaptive-weight hinge-GAN losses, then, once the discriminator is on, a discriminator update on a
+fresh reconstruction by the updated autoencoder. Both Adam, betas (0.5, 0.9), learning rate
+4.5e-6 x global batch. A step with a non-finite loss leaves the state untouched (and says so).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from lip_jax.models import dfvqgan
+from lip_jax.models.discriminator import NLayerDiscriminator
+
+Perceptual = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]  # (x, y, rng) -> [B] distances
+
+
+@flax.struct.dataclass
+class State:
+    step: jax.Array
+    params: Any
+    opt: Any
+    disc_params: Any
+    disc_stats: Any
+    disc_opt: Any
+    rng: jax.Array
+
+
+def learning_rate(cfg) -> float:
+    """Official: base rate x global batch x gradient accumulation."""
+    return cfg.train.base_lr * cfg.data.batch_size * cfg.train.get("grad_accum", 1)
+
+
+def optimizer(cfg) -> optax.GradientTransformation:
+    return optax.adam(learning_rate(cfg), b1=0.5, b2=0.9)
+
+
+def init_boxed(cfg, rng: jax.Array):
+    """Boxed (logically partitioned) parameters of the autoencoder and the discriminator."""
+    k1, k2 = jax.random.split(rng)
+    model = dfvqgan.from_config(cfg.vqgan)
+    params = dfvqgan.init_params(model, k1)
+    disc = NLayerDiscriminator(ndf=cfg.train.disc_ndf, n_layers=cfg.train.disc_layers)
+    r = cfg.vqgan.resolution
+    dvars = jax.jit(lambda k: disc.init(k, jnp.zeros((2, r, r, 3)), train=True))(k2)
+    return params, dvars["params"], dvars["batch_stats"]
+
+
+def init_boxed_state(cfg, rng: jax.Array) -> State:
+    """Initial state whose parameters and optimizer moments carry their logical axes."""
+    k_init, k_state = jax.random.split(rng)
+    params, dparams, dstats = init_boxed(cfg, k_init)
+    tx = optimizer(cfg)
+    return State(step=jnp.zeros((), jnp.int32), params=params, opt=tx.init(params), disc_params=dparams,
+                 disc_stats=dstats, disc_opt=tx.init(dparams), rng=k_state)
+
+
+def lpips_distance(cfg, lpips_params) -> Perceptual:
+    """The LPIPS perceptual loss; its head dropout is active, as in the official training (the
+    trainer's `model.train()` also switches the frozen LPIPS into training mode)."""
+    from lip_jax.models.lpips import LPIPS
+
+    net = LPIPS()
+    dropout = bool(cfg.train.get("lpips_dropout", True))
+
+    def distance(x, y, rng):
+        d = net.apply({"params": lpips_params}, x, y, deterministic=not dropout, rngs={"dropout": rng})
+        return d.reshape(x.shape[0])
+
+    return distance
+
+
+def hinge_d_loss(logits_real: jax.Array, logits_fake: jax.Array) -> jax.Array:
+    return 0.5 * (jnp.mean(jax.nn.relu(1.0 - logits_real)) + jnp.mean(jax.nn.relu(1.0 + logits_fake)))
+
+
+def _last_layer(tree):
+    return tree["decoder"]["conv_out"]["kernel"]
+
+
+def make_train_step(cfg, perceptual: Perceptual, use_disc: bool):
+    """(state, batch) -> (state, metrics). `use_disc` is static: before the discriminator starts,
+    neither the GAN loss nor the discriminator is computed (official disc_factor = 0)."""
+    model = dfvqgan.from_config(cfg.vqgan)
+    disc = NLayerDiscriminator(ndf=cfg.train.disc_ndf, n_layers=cfg.train.disc_layers)
+    tx = optimizer(cfg)
+    t = cfg.train
+
+    def run_disc(dparams, dstats, x):
+        logits, upd = disc.apply({"params": dparams, "batch_stats": dstats}, x, train=True, mutable=["batch_stats"])
+        return logits, upd["batch_stats"]
+
+    def losses(params, dparams, dstats, batch, rng):
+        x = batch["image"]
+        rec, enc = model.apply({"params": params}, x, batch["mask"], batch["decoder_none"])
+        rec_loss = jnp.mean(jnp.abs(x - rec))
+        p_loss = jnp.mean(perceptual(x, rec, rng))
+        nll = rec_loss + t.perceptual_weight * p_loss
+        if use_disc:
+            logits_fake, dstats = run_disc(dparams, dstats, rec)
+            g_loss = -jnp.mean(logits_fake)
+        else:
+            g_loss = jnp.zeros(())
+        aux = dict(rec_loss=rec_loss, p_loss=p_loss, q_loss=enc["loss"], nll=nll, g_loss=g_loss, dstats=dstats)
+        return (nll, g_loss, enc["loss"]), aux
+
+    def step(state: State, batch: dict):
+        rng, k_gen = jax.random.split(state.rng)
+        (nll, g_loss, q_loss), vjp, aux = jax.vjp(
+            lambda p: losses(p, state.disc_params, state.disc_stats, batch, k_gen), state.params, has_aux=True)
+        one, zero = jnp.ones(()), jnp.zeros(())
+        if use_disc:
+            # Adaptive weight: ratio of gradient norms at the decoder's last conv (only that slice of
+            # these two pullbacks is used, so XLA prunes the rest of their backward passes).
+            g_nll = _last_layer(vjp((one, zero, zero))[0])
+            g_gan = _last_layer(vjp((zero, one, zero))[0])
+            d_weight = jnp.linalg.norm(g_nll) / (jnp.linalg.norm(g_gan) + 1e-4)
+            d_weight = jax.lax.stop_gradient(jnp.clip(d_weight, 0.0, 1e4) * t.discriminator_weight)
+        else:
+            d_weight = zero
+        (grads,) = vjp((one, d_weight, jnp.full((), t.codebook_weight)))
+        loss = nll + d_weight * g_loss + t.codebook_weight * q_loss
+        updates, opt = tx.update(grads, state.opt, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(loss=loss, rec_loss=aux["rec_loss"], p_loss=aux["p_loss"], q_loss=q_loss,
+                       g_loss=g_loss, d_weight=d_weight)
+        dparams, dstats, dopt = state.disc_params, aux["dstats"], state.disc_opt
+        if use_disc:
+            x = batch["image"]
+            rec, _ = model.apply({"params": params}, x, batch["mask"], batch["decoder_none"])
+            rec = jax.lax.stop_gradient(rec)
+
+            def d_loss_fn(dp):
+                real, st = run_disc(dp, dstats, x)
+                fake, st = run_disc(dp, st, rec)
+                return hinge_d_loss(real, fake), st
+
+            (d_loss, dstats_new), dgrads = jax.value_and_grad(d_loss_fn, has_aux=True)(dparams)
+            dupd, dopt = tx.update(dgrads, state.disc_opt, dparams)
+            dparams, dstats = optax.apply_updates(dparams, dupd), dstats_new
+            metrics["d_loss"] = d_loss
+            loss = loss + d_loss
+        finite = jnp.isfinite(loss)
+        # A non-finite step changes no weight and no optimizer moment; step and rng move on.
+        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
+        new = State(step=state.step + 1, rng=rng, params=keep(params, state.params), opt=keep(opt, state.opt),
+                    disc_params=keep(dparams, state.disc_params), disc_stats=keep(dstats, state.disc_stats),
+                    disc_opt=keep(dopt, state.disc_opt))
+        metrics["finite"] = finite
+        return new, metrics
+
+    return step

@@ -1,0 +1,119 @@
+"""Stage 2: MP-S2S training, as the official `mps4cc` (pre-training) / `mps4coco` (fine-tuning).
+
+A frozen DF-VQGAN turns the ground truth (with the stage-2 mask) into target tokens; the
+transformer sees the known tokens, the defective image and the caption, and is trained with
+cross-entropy on the hole tokens only. AdamW (the official `transformers.AdamW`: eps 1e-8, no weight
+decay) under a linear schedule with 5% warm-up; gradient accumulation over microbatches inside
+the step; dropout on; a non-finite step changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from lip_jax.models import dfvqgan, mps2s
+
+
+@flax.struct.dataclass
+class State:
+    step: jax.Array
+    params: Any
+    opt: Any
+    rng: jax.Array
+
+
+def optimizer(cfg) -> optax.GradientTransformation:
+    t = cfg.train
+    warmup = max(1, int(round(t.warmup_fraction * t.total_steps)))
+    schedule = optax.join_schedules([optax.linear_schedule(0.0, t.lr, warmup),
+                                     optax.linear_schedule(t.lr, 0.0, max(1, t.total_steps - warmup))], [warmup])
+    tx = optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=t.get("weight_decay", 0.0))
+    if t.get("max_grad_norm"):
+        tx = optax.chain(optax.clip_by_global_norm(t.max_grad_norm), tx)
+    return tx
+
+
+def mps_config(cfg) -> mps2s.MPSConfig:
+    return mps2s.MPSConfig.from_any(cfg.mps)
+
+
+def init_boxed(cfg, rng: jax.Array, codebook=None):
+    """Boxed parameters; `vae_emb` starts from the DF-VQGAN codebook when given (official)."""
+    mcfg = mps_config(cfg)
+    n = mcfg.num_tokens
+    dummy = (jnp.zeros((1, n), jnp.int32), jnp.zeros((1, n), bool),
+             jnp.zeros((1, mcfg.img_size, mcfg.img_size, 3)), jnp.zeros((1, mcfg.text_len), jnp.int32))
+    params = mps2s.MPS2S(mcfg).init(rng, *dummy)["params"]
+    if codebook is not None:
+        box = params["vae_emb"]["embedding"]
+        if tuple(box.value.shape) != tuple(codebook.shape):
+            raise ValueError(f"DF-VQGAN codebook {tuple(codebook.shape)} does not fit vae_emb {tuple(box.value.shape)}")
+        params["vae_emb"]["embedding"] = box.replace_boxed(jnp.asarray(codebook, box.value.dtype))
+    return params
+
+
+def init_boxed_state(cfg, rng: jax.Array, codebook=None) -> State:
+    """Initial state whose parameters and optimizer moments carry their logical axes."""
+    k1, k2 = jax.random.split(rng)
+    params = init_boxed(cfg, k1, codebook)
+    return State(step=jnp.zeros((), jnp.int32), params=params, opt=optimizer(cfg).init(params), rng=k2)
+
+
+def targets(vq_model: dfvqgan.DFVQGAN, vq_params, image: jax.Array, mask: jax.Array):
+    """Official targets: DF-VQGAN indices of the ground truth under the stage-2 mask, and the
+    latent hole mask the encoder derives (the last level of its mask pyramid)."""
+    enc = vq_model.apply({"params": vq_params}, image, mask, method=dfvqgan.DFVQGAN.encode)
+    tokens = enc["indices"].reshape(image.shape[0], -1)
+    return jax.lax.stop_gradient(tokens), enc["skip_masks"][-1].reshape(image.shape[0], -1)
+
+
+def make_train_step(cfg):
+    """(state, vq_params, batch) -> (state, metrics); batch keys: image, mask, masked_image, text_ids."""
+    mcfg = mps_config(cfg)
+    model = mps2s.MPS2S(mcfg)
+    vq_model = dfvqgan.from_config(cfg.vqgan)
+    tx = optimizer(cfg)
+    accum = int(cfg.train.get("grad_accum", 1))
+
+    def loss_fn(params, vq_params, mb, rng):
+        tokens, token_mask = targets(vq_model, vq_params, mb["image"], mb["mask"])
+        logits = model.apply({"params": params}, tokens, token_mask, mb["masked_image"], mb["text_ids"],
+                             deterministic=False, rngs={"dropout": rng})
+        hole = token_mask.astype(jnp.float32)
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        nll = -jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+        correct = (jnp.argmax(logits, -1) == tokens).astype(jnp.float32)
+        # Sums, so microbatches combine into the official batch mean over hole tokens.
+        return jnp.sum(nll * hole), (jnp.sum(hole), jnp.sum(correct * hole))
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step(state: State, vq_params, batch: dict):
+        rng, k = jax.random.split(state.rng)
+        micro = jax.tree_util.tree_map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
+
+        def body(carry, inputs):
+            grads, total, holes, correct = carry
+            mb, key = inputs
+            (s, (h, c)), g = grad_fn(state.params, vq_params, mb, key)
+            return (jax.tree_util.tree_map(jnp.add, grads, g), total + s, holes + h, correct + c), None
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+        (grads, total, holes, correct), _ = jax.lax.scan(
+            body, (zeros, 0.0, 0.0, 0.0), (micro, jax.random.split(k, accum)))
+        denom = jnp.maximum(holes, 1.0)
+        grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
+        loss = total / denom
+        updates, opt = tx.update(grads, state.opt, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss)
+        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
+        new = State(step=state.step + 1, params=keep(params, state.params), opt=keep(opt, state.opt), rng=rng)
+        return new, dict(loss=loss, accuracy=correct / denom, hole_tokens=holes, finite=finite)
+
+    return step

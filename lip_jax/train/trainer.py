@@ -1,0 +1,321 @@
+"""The training loop shared by both stages: mesh, sharded state, orbax checkpoints, logs.
+
+    lip-jax train --config configs/X.py --workdir DIR [--config.key=value ...]
+
+One orbax CheckpointManager holds a Composite of the train state and every host's data-iterator
+state; saves are asynchronous, the last `keep` are kept, restore reshards onto the current mesh.
+SIGTERM saves and exits. A non-finite step changes no weight, is reported, and no checkpoint is
+written at it. Only process 0 writes logs, TensorBoard scalars and sample grids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from lip_jax.train import partitioning
+from lip_jax.train.checkpoints import DataSave, DataRestore, CheckpointError, load_params
+
+log = logging.getLogger("lip_jax.train")
+
+
+@dataclasses.dataclass
+class Task:
+    """What differs between the stages: how to build the state, the step, the batch and a preview."""
+
+    init_boxed_state: Callable[[jax.Array], Any]
+    make_step: Callable[[], Callable]        # -> step(state, batch, *extra) -> (state, metrics)
+    extra: tuple = ()                        # frozen inputs of the step (e.g. the DF-VQGAN)
+    batch_keys: tuple = ()
+    select: Callable[[int], Any] | None = None  # host step -> variant key of make_step (static)
+    preview: Callable | None = None          # (state, batch, *extra) -> uint8 [H, W, 3]
+    unit: str = "images"
+
+
+def initialize_distributed(config) -> None:
+    """Join a multi-process run: explicit flags (local), or the environment (TPU pods, SLURM)."""
+    dist = config.get("distributed", None)
+    if dist is None or not dist.get("enabled", False):
+        return
+    if dist.get("cpu_collectives"):
+        jax.config.update("jax_cpu_collectives_implementation", dist.cpu_collectives)
+    # Unset fields ("", 0, -1) are left to JAX, which reads them from TPU / SLURM environments.
+    kwargs = {}
+    if dist.get("coordinator_address"):
+        kwargs["coordinator_address"] = dist.coordinator_address
+    if dist.get("num_processes", 0) > 0:
+        kwargs["num_processes"] = dist.num_processes
+    if dist.get("process_id", -1) >= 0:
+        kwargs["process_id"] = dist.process_id
+    jax.distributed.initialize(**kwargs)
+
+
+def stage_task(config) -> Task:
+    if config.stage == 1:
+        return _stage1_task(config)
+    if config.stage == 2:
+        return _stage2_task(config)
+    raise ValueError(f"config.stage must be 1 or 2, got {config.stage!r}")
+
+
+def _stage1_task(config) -> Task:
+    from lip_jax.models import dfvqgan, lpips
+    from lip_jax.train import stage1
+
+    if config.train.perceptual_weight > 0:
+        net = lpips.LPIPS()
+        if config.train.get("lpips_ckpt"):
+            lp = load_params(config.train.lpips_ckpt, nn.unbox(jax.eval_shape(lambda: lpips.init_params(net, jax.random.key(0)))))
+        else:
+            log.warning("no train.lpips_ckpt: the perceptual loss uses a random VGG (tests only)")
+            lp = nn.unbox(lpips.init_params(net, jax.random.key(1)))
+        perceptual = stage1.lpips_distance(config, lp)
+    else:
+        def perceptual(x, y, rng):
+            return jnp.zeros(x.shape[0])
+
+    model = dfvqgan.from_config(config.vqgan)
+
+    def preview(state, batch):
+        rec, _ = model.apply({"params": state.params}, batch["image"], batch["mask"])
+        return _grid([batch["image"], jnp.where(batch["mask"][..., None], 0.0, batch["image"]), rec])
+
+    return Task(init_boxed_state=lambda rng: stage1.init_boxed_state(config, rng),
+                make_step=lambda use_disc: stage1.make_train_step(config, perceptual, use_disc),
+                batch_keys=("image", "mask", "decoder_none"),
+                select=lambda step: step >= config.train.disc_start, preview=jax.jit(preview))
+
+
+def _stage2_task(config) -> Task:
+    from lip_jax.convert.dfvqgan import param_template
+    from lip_jax.train import stage2
+
+    if not config.get("vqgan_ckpt"):
+        raise CheckpointError("stage 2 needs config.vqgan_ckpt: an orbax DF-VQGAN checkpoint (lip-jax convert)")
+    vq = load_params(config.vqgan_ckpt, param_template(config.vqgan))
+    codebook = vq["quantize"]["embedding"]["embedding"]
+    init_ckpt = config.train.get("init_ckpt")
+    task = Task(init_boxed_state=lambda rng: stage2.init_boxed_state(config, rng, codebook),
+                make_step=lambda _: stage2.make_train_step(config),
+                extra=(vq,), batch_keys=("image", "mask", "masked_image", "text_ids"))
+    task.init_params = load_params(init_ckpt) if init_ckpt else None
+    return task
+
+
+def _grid(rows) -> jax.Array:
+    """[rows of B images] -> one uint8 image (a row per input kind, up to 8 columns)."""
+    rows = [jnp.concatenate(list(r[:8]), axis=1) for r in rows]
+    return jnp.clip(jnp.round((jnp.concatenate(rows, axis=0) + 1) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+class Writer:
+    """Process-0 logs: metrics.jsonl, TensorBoard scalars, PNG sample grids."""
+
+    def __init__(self, workdir: str):
+        self.active = jax.process_index() == 0
+        self.workdir = workdir
+        self.tb = None
+        if self.active:
+            os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+            from tensorboardX import SummaryWriter
+            self.tb = SummaryWriter(os.path.join(workdir, "tb"))
+
+    def scalars(self, step: int, values: dict) -> None:
+        if not self.active:
+            return
+        with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        for k, v in values.items():
+            self.tb.add_scalar(k, v, step)
+        self.tb.flush()
+
+    def image(self, step: int, image: np.ndarray) -> None:
+        if self.active:
+            from PIL import Image
+            Image.fromarray(np.asarray(image)).save(os.path.join(self.workdir, "samples", f"step_{step:07d}.png"))
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+class HostLoader:
+    """This process's share of the global batch: `data.shards` fixed data shards (default: one
+    per process), of which this process reads its contiguous part and concatenates the batches.
+    The global batch is then the same however many processes read it."""
+
+    def __init__(self, config, process_index: int | None = None, process_count: int | None = None):
+        from lip_jax.data import STAGE1_AUGMENT, STAGE2_AUGMENT, Loader, PipelineConfig, open_source
+        from lip_jax.data.pipeline import ByteTokenizer
+
+        index = jax.process_index() if process_index is None else process_index
+        count = jax.process_count() if process_count is None else process_count
+        d = config.data
+        shards = int(d.get("shards") or count)
+        if shards % count or d.batch_size % shards:
+            raise ValueError(f"data.shards={shards} must be a multiple of the {count} processes and divide "
+                             f"the global batch {d.batch_size}")
+        source = open_source(d.source, **dict(d.get("source_kwargs", {})))
+        augment = {"stage1": STAGE1_AUGMENT, "stage2": STAGE2_AUGMENT, "none": None}[d.get("augment", "stage2")]
+        pcfg = PipelineConfig(image_size=d.image_size, batch_size=d.batch_size // shards, mask=d.mask,
+                              augment=augment, vae_patch_size=d.get("vae_patch_size", 8), seed=d.get("seed", 0),
+                              worker_count=d.get("workers", 2))
+        tokenizer = _tokenizer(config) if config.stage == 2 else ByteTokenizer(8)
+        per = shards // count
+        self.iters = [iter(Loader(source, pcfg, tokenizer, process_index=s, process_count=shards))
+                      for s in range(index * per, (index + 1) * per)]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        parts = [next(it) for it in self.iters]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def get_state(self) -> dict:
+        return {"shards": [it.get_state() for it in self.iters]}
+
+    def set_state(self, state: dict) -> None:
+        if len(state["shards"]) != len(self.iters):
+            raise CheckpointError(f"data state has {len(state['shards'])} shards, this process reads {len(self.iters)}")
+        for it, st in zip(self.iters, state["shards"]):
+            it.set_state(st)
+
+    @property
+    def skipped(self) -> int:
+        return sum(it.stats.skipped for it in self.iters)
+
+
+def _tokenizer(config):
+    from lip_jax.models.tokenizer import get_tokenizer
+
+    return get_tokenizer(config.mps.tokenizer, config.mps.text_len)
+
+
+def abstract_state(task: Task, mesh) -> tuple[Any, Any]:
+    """Shapes of the unboxed state and its shardings (from the parameters' logical axes)."""
+    boxed = jax.eval_shape(task.init_boxed_state, jax.random.key(0))
+    shardings, notes = partitioning.param_shardings(boxed, mesh)
+    for n in notes:
+        log.info("partitioning: %s", n)
+    return nn.unbox(boxed), shardings
+
+
+def train(config, workdir: str, max_steps: int | None = None) -> dict:
+    """Run (or resume) training; returns the last metrics. `max_steps` stops early (tests)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    initialize_distributed(config)
+    os.makedirs(workdir, exist_ok=True)
+    mesh = partitioning.make_mesh(dict(config.mesh))
+    task = stage_task(config)
+    total = int(config.train.total_steps)
+    with jax.set_mesh(mesh):
+        shapes, shardings = abstract_state(task, mesh)
+        init = jax.jit(lambda r: nn.unbox(task.init_boxed_state(r)), out_shardings=shardings)
+        state = init(jax.random.key(config.seed))
+        if getattr(task, "init_params", None) is not None:
+            state = state.replace(params=jax.device_put(task.init_params, shardings.params))
+        extra = tuple(jax.device_put(e, partitioning.replicated(mesh)) for e in task.extra)
+        data_iter = HostLoader(config)
+        manager = ocp.CheckpointManager(
+            os.path.abspath(os.path.join(workdir, "checkpoints")),
+            options=ocp.CheckpointManagerOptions(max_to_keep=config.train.keep, save_interval_steps=1,
+                                                 enable_async_checkpointing=True))
+        latest = manager.latest_step()
+        if latest is not None:
+            target = jax.tree_util.tree_map(
+                lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+            restored = manager.restore(latest, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), data=DataRestore(data_iter)))
+            state = restored.state
+            log.info("resumed from step %d", latest)
+        steps: dict = {}
+
+        def step_fn(step, batch):
+            key = task.select(step) if task.select else None
+            if key not in steps:
+                batch_sh = {k: v.sharding for k, v in batch.items()}
+                steps[key] = jax.jit(task.make_step(key), donate_argnums=0,
+                                     in_shardings=(shardings, *(partitioning.replicated(mesh),) * len(extra), batch_sh),
+                                     out_shardings=(shardings, partitioning.replicated(mesh)))
+            return steps[key]
+
+        writer = Writer(workdir)
+        stop = {"signal": None}
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+        start = int(jax.device_get(state.step))
+        end = total if max_steps is None else min(total, start + max_steps)
+        t = config.train
+        last, acc, n_acc, t0, done = {}, None, 0, time.time(), start
+        progress = _Progress(start, end, config.data.batch_size, enabled=jax.process_index() == 0)
+        try:
+            for step in range(start, end):
+                local = next(data_iter)
+                batch = partitioning.global_batch({k: local[k] for k in task.batch_keys}, mesh)
+                state, metrics = step_fn(step, batch)(state, *extra, batch)
+                done = step + 1
+                as_float = jax.tree_util.tree_map(lambda v: v.astype(jnp.float32), metrics)  # bools count
+                acc = as_float if acc is None else jax.tree_util.tree_map(jnp.add, acc, as_float)
+                n_acc += 1
+                if done % t.log_every == 0 or done == end:
+                    means = jax.device_get(acc)
+                    bad = n_acc - int(means.pop("finite"))
+                    last = {k: float(v) / n_acc for k, v in means.items()}  # mean over the interval
+                    if bad:
+                        log.warning("steps %d-%d: %d non-finite losses; those updates were skipped",
+                                    done - n_acc + 1, done, bad)
+                    writer.scalars(done, last)
+                    progress.update(done, last)
+                    acc, n_acc = None, 0
+                if t.get("sample_every") and done % t.sample_every == 0 and task.preview is not None:
+                    writer.image(done, jax.device_get(task.preview(state, batch, *extra)))
+                save = done % t.save_every == 0 or done == end or stop["signal"]
+                if save and not bool(jax.device_get(metrics["finite"])):
+                    log.warning("step %d: non-finite loss; no checkpoint written at this step", done)
+                elif save:
+                    manager.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                               data=DataSave(data_iter)))
+                if stop["signal"]:
+                    log.warning("SIGTERM at step %d: checkpoint saved, exiting", done)
+                    break
+        finally:
+            manager.wait_until_finished()
+            manager.close()
+            progress.close()
+            writer.close()
+            signal.signal(signal.SIGTERM, previous)
+        last["steps_per_s"] = (done - start) / max(time.time() - t0, 1e-9)
+        return {"step": done, "metrics": last, "state": state, "skipped_examples": data_iter.skipped}
+
+
+class _Progress:
+    """tqdm bar on process 0: loss, steps/s, images/s and ETA."""
+
+    def __init__(self, start: int, end: int, batch: int, enabled: bool):
+        from tqdm import tqdm
+        self.batch = batch
+        self.bar = tqdm(total=end - start, initial=0, unit="step", disable=not enabled, file=sys.stderr,
+                        dynamic_ncols=True)
+        self.start, self.t0, self.last = start, time.time(), start
+
+    def update(self, step: int, metrics: dict) -> None:
+        self.bar.update(step - self.last)
+        self.last = step
+        rate = (step - self.start) / max(time.time() - self.t0, 1e-9)
+        self.bar.set_postfix(step=step, loss=f"{metrics.get('loss', float('nan')):.4f}",
+                             img_s=f"{rate * self.batch:.1f}")
+
+    def close(self) -> None:
+        self.bar.close()

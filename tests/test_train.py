@@ -1,0 +1,184 @@
+"""Training: losses fall, exact resume after SIGKILL, SIGTERM, resharding restore, NaN steps."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from lip_jax.cli import load_config
+from lip_jax.models import dfvqgan
+from lip_jax.train import stage1, stage2
+from lip_jax.train.checkpoints import save_params
+from lip_jax.train.trainer import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAGE1 = os.path.join(REPO, "configs", "test_stage1.py")
+STAGE2 = os.path.join(REPO, "configs", "test_stage2.py")
+
+
+@pytest.fixture(scope="module")
+def vq_ckpt(tmp_path_factory):
+    """A random `reduced` DF-VQGAN saved as orbax: the frozen model of the stage-2 runs."""
+    path = str(tmp_path_factory.mktemp("vq") / "dfvqgan")
+    cfg = load_config(STAGE2).vqgan
+    save_params(path, nn.unbox(dfvqgan.init_params(dfvqgan.from_config(cfg), jax.random.key(7))))
+    return path
+
+
+def logged(workdir, key):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line)[key] for line in f]
+
+
+def test_stage1_loss_falls_and_encoder_stays_defect_free(tmp_path):
+    c = load_config(STAGE1)
+    c.train.update(perceptual_weight=0.0, disc_start=100, log_every=20)  # LPIPS: see the test below
+    out = train(c, str(tmp_path))
+    assert out["step"] == 200
+    rec = logged(tmp_path, "rec_loss")
+    assert len(rec) == 10 and all(np.isfinite(rec))
+    assert np.mean(rec[-2:]) < 0.8 * np.mean(rec[:2]), rec
+    with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
+        d_loss = [r.get("d_loss") for r in map(json.loads, f)]
+    assert d_loss[:5] == [None] * 5 and all(np.isfinite(d_loss[5:]))  # discriminator from step 100
+    # The trained encoder is still exactly defect-free.
+    model = dfvqgan.from_config(c.vqgan)
+    rng = np.random.default_rng(0)
+    x1 = rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    mask = np.zeros((2, 32, 32), bool)
+    mask[0, 3:19, 5:13] = True
+    mask[1, 10:30, 2:31] = True
+    x2 = np.where(mask[..., None], rng.uniform(-1, 1, x1.shape), x1).astype(np.float32)
+    enc = jax.jit(lambda x: model.apply({"params": out["state"].params}, x, jnp.asarray(mask),
+                                        method=dfvqgan.DFVQGAN.encode))
+    e1, e2 = enc(x1), enc(x2)
+    for f1, f2, m in zip(e1["skips"], e2["skips"], e1["skip_masks"]):
+        known = ~np.asarray(m)
+        np.testing.assert_array_equal(np.asarray(f1)[known], np.asarray(f2)[known])
+
+
+def test_stage1_lpips_loss_is_the_official_distance():
+    """The perceptual term is LPIPS with its heads' dropout on (official training mode)."""
+    from lip_jax.models import lpips
+
+    c = load_config(STAGE1)
+    net = lpips.LPIPS()
+    params = nn.unbox(lpips.init_params(net, jax.random.key(0)))
+    rng = np.random.default_rng(1)
+    x, y = (jnp.asarray(rng.uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)) for _ in range(2))
+    dist = stage1.lpips_distance(c, params)
+    d1, d2 = dist(x, y, jax.random.key(1)), dist(x, y, jax.random.key(2))
+    assert d1.shape == (2,) and not np.allclose(d1, d2)  # dropout active
+    c.train.lpips_dropout = False
+    exact = net.apply({"params": params}, x, y).reshape(2)
+    np.testing.assert_array_equal(stage1.lpips_distance(c, params)(x, y, jax.random.key(1)), exact)
+
+
+def test_stage2_loss_falls(tmp_path, vq_ckpt):
+    c = load_config(STAGE2)
+    c.vqgan_ckpt = vq_ckpt
+    c.train.log_every = 20
+    out = train(c, str(tmp_path))
+    loss = logged(tmp_path, "loss")
+    assert out["step"] == 200 and all(np.isfinite(loss))
+    assert np.mean(loss[-2:]) < 0.85 * np.mean(loss[:2]), loss
+
+
+def test_nonfinite_step_changes_nothing(vq_ckpt):
+    c = load_config(STAGE2)
+    c.vqgan_ckpt = vq_ckpt
+    vq = nn.unbox(dfvqgan.init_params(dfvqgan.from_config(c.vqgan), jax.random.key(7)))
+    state = nn.unbox(stage2.init_boxed_state(c, jax.random.key(0)))
+    step = jax.jit(stage2.make_train_step(c))
+    b = 8
+    batch = dict(image=jnp.full((b, 32, 32, 3), jnp.nan), mask=jnp.ones((b, 32, 32), bool),
+                 masked_image=jnp.zeros((b, 32, 32, 3)), text_ids=jnp.zeros((b, 24), jnp.int32))
+    new, metrics = step(state, vq, batch)
+    assert not bool(metrics["finite"])
+    for a, o in zip(jax.tree_util.tree_leaves((new.params, new.opt)), jax.tree_util.tree_leaves((state.params, state.opt))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(o))
+    assert int(new.step) == 1
+
+
+def _cli(workdir, config, *overrides, devices=1, **popen):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "lip_jax.cli", "train", "--config", config, "--workdir", str(workdir), *overrides]
+    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **popen)
+
+
+def _params_at(workdir, step):
+    with ocp.StandardCheckpointer() as ckpt:
+        return ckpt.restore(os.path.join(str(workdir), "checkpoints", str(step), "state"))["params"]
+
+
+def _wait_for_checkpoint(proc, workdir, step, timeout=300):
+    path = os.path.join(str(workdir), "checkpoints", str(step))
+    deadline = time.time() + timeout
+    while not os.path.isdir(path):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, "no checkpoint in time"
+        time.sleep(0.2)
+
+
+def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path, vq_ckpt):
+    args = (f"--config.vqgan_ckpt={vq_ckpt}", "--config.train.total_steps=40", "--config.train.save_every=10")
+    straight = _cli(tmp_path / "a", STAGE2, *args)
+    killed = _cli(tmp_path / "b", STAGE2, *args)
+    _wait_for_checkpoint(killed, tmp_path / "b", 20)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert straight.wait(timeout=600) == 0, straight.stdout.read()
+    resumed = _cli(tmp_path / "b", STAGE2, *args)
+    out = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, out
+    assert "resumed from step" in out
+    a, b = _params_at(tmp_path / "a", 40), _params_at(tmp_path / "b", 40)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path, vq_ckpt):
+    proc = _cli(tmp_path, STAGE2, f"--config.vqgan_ckpt={vq_ckpt}", "--config.train.total_steps=100000",
+                "--config.train.save_every=10")
+    _wait_for_checkpoint(proc, tmp_path, 10)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out
+    assert "SIGTERM at step" in out
+    steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+    assert steps[-1] > 10 or "SIGTERM at step 10" in out
+
+
+RESHARD = """
+import sys, jax
+from lip_jax.cli import load_config
+from lip_jax.train.trainer import train
+c = load_config(sys.argv[1]); c.vqgan_ckpt = sys.argv[2]; c.train.total_steps = 20; c.train.save_every = 10
+c.mesh = dict(data=4, fsdp=1, tensor=1)
+assert train(c, sys.argv[3], max_steps=10)["step"] == 10
+c.mesh = dict(data=1, fsdp=2, tensor=2)
+out = train(c, sys.argv[3])
+emb = out["state"].params["vae_emb"]["embedding"]
+print("step", out["step"], "sharding", emb.sharding.spec, "loss", out["metrics"]["loss"])
+"""
+
+
+def test_checkpoint_restores_on_another_mesh(tmp_path, vq_ckpt):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", RESHARD, STAGE2, vq_ckpt, str(tmp_path)], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "resumed from step 10" in proc.stdout + proc.stderr
+    line = [l for l in proc.stdout.splitlines() if l.startswith("step ")][-1]
+    assert line.startswith("step 20 sharding PartitionSpec('tensor', 'fsdp')"), line
+    assert np.isfinite(float(line.split()[-1]))
