@@ -1,5 +1,5 @@
-"""Tiny stage-1 run for tests and CI: the `reduced` DF-VQGAN (official structure, 32 px) on the
-synthetic shapes, discriminator on from step 20, random-weight LPIPS."""
+"""Tiny stage-1 run for tests and CI: the `tiny` DF-VQGAN (32 px; every defect-free op, attention
+included) on the synthetic shapes, discriminator on from step 20, random-weight LPIPS."""
 
 import os
 
@@ -7,7 +7,7 @@ from lip_jax.cli import load_config
 
 
 def get_config(arg=None):
-    c = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "dfvqgan_imagenet.py:reduced"))
+    c = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "dfvqgan_imagenet.py:tiny"))
     c.data.source = "shapes"
     c.data.source_kwargs = dict(num_examples=512, image_size=32, seed=0)
     c.data.batch_size = 4

@@ -5,8 +5,8 @@ import os
 import subprocess
 import sys
 
-import jax
 import flax.linen as nn
+import jax
 import numpy as np
 
 from lip_jax.cli import load_config
@@ -42,5 +42,5 @@ def test_two_processes_match_one_process(tmp_path):
     assert len(a) == len(b) == 4
     np.testing.assert_allclose(a, b, rtol=1e-5)
     # Only process 0 writes logs; both processes wrote their own data state.
-    data = os.listdir(tmp_path / "two" / "checkpoints" / "20" / "data")
+    data = [f for f in os.listdir(tmp_path / "two" / "checkpoints" / "20" / "data") if f.endswith(".json")]
     assert sorted(data) == ["process_0-of-2.json", "process_1-of-2.json"]

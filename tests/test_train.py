@@ -17,7 +17,7 @@ import pytest
 from lip_jax.cli import load_config
 from lip_jax.models import dfvqgan
 from lip_jax.train import stage1, stage2
-from lip_jax.train.checkpoints import save_params
+from lip_jax.train.checkpoints import load_params, save_params
 from lip_jax.train.trainer import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,12 +96,13 @@ def test_stage2_loss_falls(tmp_path, vq_ckpt):
 def test_nonfinite_step_changes_nothing(vq_ckpt):
     c = load_config(STAGE2)
     c.vqgan_ckpt = vq_ckpt
-    vq = nn.unbox(dfvqgan.init_params(dfvqgan.from_config(c.vqgan), jax.random.key(7)))
+    vq = load_params(vq_ckpt)
     state = nn.unbox(stage2.init_boxed_state(c, jax.random.key(0)))
     step = jax.jit(stage2.make_train_step(c))
     b = 8
-    batch = dict(image=jnp.full((b, 32, 32, 3), jnp.nan), mask=jnp.ones((b, 32, 32), bool),
-                 masked_image=jnp.zeros((b, 32, 32, 3)), text_ids=jnp.zeros((b, 24), jnp.int32))
+    nan = jnp.full((b, 32, 32, 3), jnp.nan)  # e.g. a corrupt decode that slipped through
+    batch = dict(image=nan, mask=jnp.ones((b, 32, 32), bool), masked_image=nan,
+                 text_ids=jnp.zeros((b, 24), jnp.int32))
     new, metrics = step(state, vq, batch)
     assert not bool(metrics["finite"])
     for a, o in zip(jax.tree_util.tree_leaves((new.params, new.opt)), jax.tree_util.tree_leaves((state.params, state.opt))):
@@ -169,7 +170,7 @@ assert train(c, sys.argv[3], max_steps=10)["step"] == 10
 c.mesh = dict(data=1, fsdp=2, tensor=2)
 out = train(c, sys.argv[3])
 emb = out["state"].params["vae_emb"]["embedding"]
-print("step", out["step"], "sharding", emb.sharding.spec, "loss", out["metrics"]["loss"])
+print("step", out["step"], "sharding", tuple(emb.sharding.spec), "loss", out["metrics"]["loss"])
 """
 
 
@@ -180,5 +181,5 @@ def test_checkpoint_restores_on_another_mesh(tmp_path, vq_ckpt):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "resumed from step 10" in proc.stdout + proc.stderr
     line = [l for l in proc.stdout.splitlines() if l.startswith("step ")][-1]
-    assert line.startswith("step 20 sharding PartitionSpec('tensor', 'fsdp')"), line
+    assert line.startswith("step 20 sharding ('tensor', 'fsdp')"), line
     assert np.isfinite(float(line.split()[-1]))

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
 class CheckpointError(ValueError):
@@ -27,23 +28,38 @@ def save_params(directory: str, params) -> None:
 
 
 def load_params(directory: str, template=None):
-    """Read a parameter tree; with `template` (shapes), every leaf must be present and match."""
+    """Read a parameter tree, replicated over every device of every process.
+
+    With `template` (a tree of shapes), every leaf must be present and match: checked against the
+    checkpoint's metadata first, for a clear message. Without it, the tree is read as stored
+    (single process only: orbax needs a target to restore onto another topology).
+    """
     directory = os.path.abspath(directory)
     if not os.path.isdir(directory):
         raise CheckpointError(f"{directory}: no such checkpoint directory")
     try:
         with ocp.StandardCheckpointer() as ckpt:
-            params = ckpt.restore(directory)
+            if template is None:
+                return ckpt.restore(directory)
+            stored = ckpt.metadata(directory).item_metadata
+            _check_tree(directory, nn.unbox(template), stored)
+            everywhere = NamedSharding(Mesh(np.array(jax.devices()), ("all",)), P())
+            target = jax.tree_util.tree_map(
+                lambda t: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=everywhere), nn.unbox(template))
+            return ckpt.restore(directory, target)
+    except CheckpointError:
+        raise
     except Exception as e:  # orbax raises many types for a foreign or truncated directory
         raise CheckpointError(f"{directory}: not a readable orbax checkpoint ({type(e).__name__}: {e})") from e
-    if template is not None:
-        want = jax.tree_util.tree_flatten_with_path(nn.unbox(template))[0]
-        got = dict(jax.tree_util.tree_flatten_with_path(params)[0])
-        bad = [jax.tree_util.keystr(k) for k, v in want if k not in got or tuple(np.shape(got[k])) != tuple(v.shape)]
-        if bad or len(got) != len(want):
-            raise CheckpointError(f"{directory}: parameters do not match the model config "
-                                  f"({len(bad)} missing or mis-shaped, e.g. {bad[:3]}; {len(got)} vs {len(want)} leaves)")
-    return params
+
+
+def _check_tree(directory: str, template, stored) -> None:
+    want = jax.tree_util.tree_flatten_with_path(template)[0]
+    got = dict(jax.tree_util.tree_flatten_with_path(stored)[0])
+    bad = [jax.tree_util.keystr(k) for k, v in want if k not in got or tuple(got[k].shape) != tuple(v.shape)]
+    if bad or len(got) != len(want):
+        raise CheckpointError(f"{directory}: parameters do not match the model config "
+                              f"({len(bad)} missing or mis-shaped, e.g. {bad[:3]}; {len(got)} vs {len(want)} leaves)")
 
 
 class DataStateHandler(ocp.CheckpointHandler):

@@ -215,7 +215,12 @@ def abstract_state(task: Task, mesh) -> tuple[Any, Any]:
 
 def train(config, workdir: str, max_steps: int | None = None) -> dict:
     """Run (or resume) training; returns the last metrics. `max_steps` stops early (tests)."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not log.handlers:  # own handler: absl may already own the root logger
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
     initialize_distributed(config)
     os.makedirs(workdir, exist_ok=True)
     mesh = partitioning.make_mesh(dict(config.mesh))
