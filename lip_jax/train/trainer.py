@@ -41,7 +41,6 @@ class Task:
     batch_keys: tuple = ()
     select: Callable[[int], Any] | None = None  # host step -> variant key of make_step (static)
     preview: Callable | None = None          # (state, batch, *extra) -> uint8 [H, W, 3]
-    unit: str = "images"
 
 
 def initialize_distributed(config) -> None:
