@@ -176,6 +176,21 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def config_from_any(cls, cfg, presets: Mapping, what: str):
+    """A dataclass config from an instance, a preset name, or a dict / ConfigDict of its fields."""
+    if isinstance(cfg, cls):
+        return cfg
+    if isinstance(cfg, str):
+        if cfg not in presets:
+            raise ValueError(f"unknown {what} preset {cfg!r}; have {sorted(presets)}")
+        return cls(**presets[cfg])
+    d = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {what} config fields: {unknown}")
+    return cls(**d)
+
+
 @dataclasses.dataclass(frozen=True)
 class ClipConfig:
     """Hyper-parameters with OpenAI's `build_model` names (heads are explicit: OpenAI derives them
@@ -202,17 +217,7 @@ class ClipConfig:
     @classmethod
     def from_any(cls, cfg: "ClipConfig | Mapping | str") -> "ClipConfig":
         """A preset name, a dict / ConfigDict of fields, or a ClipConfig."""
-        if isinstance(cfg, ClipConfig):
-            return cfg
-        if isinstance(cfg, str):
-            if cfg not in PRESETS:
-                raise ValueError(f"unknown CLIP preset {cfg!r}; have {sorted(PRESETS)}")
-            return cls(**PRESETS[cfg])
-        d = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown CLIP config fields: {unknown}")
-        return cls(**d)
+        return config_from_any(cls, cfg, PRESETS, "CLIP")
 
     @property
     def num_patches(self) -> int:

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from lip_jax.models.clip import ClipText, dense, layer_norm, part
+from lip_jax.models.clip import ClipText, config_from_any, dense, layer_norm, part
 
 PRESETS: dict[str, dict] = {
     # config/mps4cc/base.py and config/mps4coco/base.py (identical model hyper-parameters).
@@ -113,18 +113,7 @@ class MPSConfig:
     @classmethod
     def from_any(cls, cfg: "MPSConfig | Mapping | str") -> "MPSConfig":
         """A preset name, a dict / ml_collections.ConfigDict of fields, or an MPSConfig."""
-        if isinstance(cfg, MPSConfig):
-            return cfg
-        if isinstance(cfg, str):
-            if cfg not in PRESETS:
-                raise ValueError(f"unknown MP-S2S preset {cfg!r}; have {sorted(PRESETS)}")
-            return cls(**PRESETS[cfg])
-        d = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown MP-S2S config fields: {unknown}")
-        return cls(**d)
+        return config_from_any(cls, cfg, PRESETS, "MP-S2S")
 
     @property
     def grid(self) -> tuple[int, int]:
