@@ -119,21 +119,6 @@ def cmd_reconstruct(args) -> None:
     print(f"wrote {args.out}" + (f" and {args.npy}" if args.npy else ""))
 
 
-def cmd_convert(args) -> None:
-    from lip_jax.convert.common import load_torch_checkpoint, save_torch_checkpoint
-    from lip_jax.convert.dfvqgan import dfvqgan_from_torch, dfvqgan_to_torch, param_template
-    from lip_jax.train.checkpoints import load_params, save_params
-
-    cfg = load_config(args.config).vqgan
-    if args.src.endswith((".pth", ".pt", ".bin", ".ckpt")):
-        params = dfvqgan_from_torch(load_torch_checkpoint(args.src), cfg, what=args.src)
-        save_params(args.dst, params)
-    else:
-        state = dfvqgan_to_torch(load_params(args.src, param_template(cfg)), cfg, what=args.src)
-        save_torch_checkpoint(state, args.dst)
-    print(f"wrote {args.dst}")
-
-
 def run_train(argv: list[str]) -> int:
     """`lip-jax train --config FILE[:arg] --workdir DIR [--config.key=value ...]` (absl flags)."""
     from absl import app, flags
@@ -176,14 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--npy", help="also write the raw float32 NHWC output in [-1, 1]")
     p.set_defaults(fn=cmd_reconstruct)
 
-    p = sub.add_parser("convert", help="official PyTorch checkpoint <-> orbax (direction from --from)")
-    p.add_argument("--config", required=True, help="config file[:arg] describing the model")
-    p.add_argument("--from", dest="src", required=True, help=".pth file or orbax directory")
-    p.add_argument("--to", dest="dst", required=True, help="orbax directory or .pth file")
-    p.set_defaults(fn=cmd_convert)
+    from lip_jax.convert import cli as convert_cli
+    convert_cli.add_parser(sub)
 
-    from lip_jax import inpaint
+    from lip_jax import demo, inpaint
     inpaint.add_parser(sub)
+    demo.add_parser(sub)
+    from lip_jax.eval import runner
+    runner.add_parser(sub)
     return parser
 
 

@@ -142,8 +142,9 @@ TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
 def load_lip_checkpoint(path: str, mps_cfg, vq_cfg) -> dict:
     """Official NUWA-LIP `.pth` (through lip_from_torch) or an orbax directory written by
-    `save_params({"mps": ..., "vqgan": ...})` -> {"mps", "vqgan"} params, plus "clip" =
-    (params, ClipConfig) when the `.pth` carries the `clip_sim` reranker."""
+    `save_params({"mps": ..., "vqgan": ...[, "clip": ...]})` -> {"mps", "vqgan"} params, plus
+    "clip" = (params, ClipConfig) when the `.pth` carries the `clip_sim` reranker (or the
+    directory a "clip" tree)."""
     from lip_jax.convert import common
     from lip_jax.convert import dfvqgan as conv_vq
     from lip_jax.convert import mps2s as conv_mps
@@ -157,7 +158,12 @@ def load_lip_checkpoint(path: str, mps_cfg, vq_cfg) -> dict:
                                   f"{sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__}")
         for name, template in templates.items():
             _check_tree(path, name, tree[name], template)
-        return {"mps": tree["mps"], "vqgan": tree["vqgan"]}
+        out = {"mps": tree["mps"], "vqgan": tree["vqgan"]}
+        if "clip" in tree:  # `lip-jax convert --kind lip` of a release carrying clip_sim
+            from lip_jax.convert.cli import clip_config_of
+
+            out["clip"] = (tree["clip"], clip_config_of(tree["clip"]))
+        return out
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file or directory")
     tree = conv_mps.lip_from_torch(common.load_torch_checkpoint(path), mps_cfg, vq_cfg)

@@ -74,23 +74,23 @@ def caption(objects: list[Shape]) -> str:
     return " and ".join(o.phrase() for o in objects)
 
 
-def _background(rng, size: int) -> np.ndarray:
-    # Low-saturation texture: a tinted grey gradient, stripes and noise.
+def _background(rng, size: int, texture: float = 1.0) -> np.ndarray:
+    # Low-saturation texture: a tinted grey gradient, stripes and noise (scaled by `texture`).
     y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
     angle = rng.uniform(0, np.pi)
     freq = rng.uniform(4, 12)
     stripes = 18 * np.sin(2 * np.pi * freq * (x * np.cos(angle) + y * np.sin(angle)))
-    base = 90 + 70 * (x * rng.uniform(-1, 1) + y * rng.uniform(-1, 1)) + stripes
+    base = 90 + 70 * (x * rng.uniform(-1, 1) + y * rng.uniform(-1, 1)) + texture * stripes
     noise = rng.normal(0, 6, (size, size)).astype(np.float32)
     tint = rng.uniform(-12, 12, 3).astype(np.float32)
-    grey = np.clip(base + noise, 40, 210)[..., None] + tint
+    grey = np.clip(base + texture * noise, 40, 210)[..., None] + tint
     return np.clip(grey, 0, 255).astype(np.uint8)
 
 
-def render(objects: list[Shape], seed: int, index: int, size: int) -> np.ndarray:
+def render(objects: list[Shape], seed: int, index: int, size: int, texture: float = 1.0) -> np.ndarray:
     """Draw `objects` over the textured background of (seed, index); uint8 [size, size, 3]."""
     rng = np.random.default_rng((seed, index, 1))
-    im = Image.fromarray(_background(rng, size))
+    im = Image.fromarray(_background(rng, size, texture))
     draw = ImageDraw.Draw(im)
     for o in objects:
         left, top, right, bottom = (v * size for v in o.box)
@@ -108,12 +108,19 @@ class Shapes:
     """Random-access source of synthetic captioned scenes (`shapes`)."""
 
     def __init__(self, num_examples: int = 10_000, image_size: int = 256, seed: int = 0,
-                 max_objects: int = 3):
+                 max_objects: int = 3, object_hole: int = 0, texture: float = 1.0):
+        """object_hole > 0: each example also has a `mask` (True = hole) covering one of its objects,
+        its box grown by a random margin and snapped outwards to a grid of `object_hole` pixels (the
+        VQ token size), so the hole hides the object entirely and only the caption tells what it was.
+        texture: strength of the background's stripes and noise (0: a smooth tinted gradient)."""
         if num_examples <= 0 or image_size <= 0:
             raise DataError(f"shapes: num_examples and image_size must be positive, "
                             f"got {num_examples} and {image_size}")
+        if object_hole < 0 or (object_hole and image_size % object_hole):
+            raise DataError(f"shapes: object_hole must be 0 or divide image_size {image_size}, got {object_hole}")
         self.num_examples, self.image_size = num_examples, image_size
-        self.seed, self.max_objects = seed, max_objects
+        self.seed, self.max_objects, self.object_hole = seed, max_objects, object_hole
+        self.texture = float(texture)
 
     def __len__(self) -> int:
         return self.num_examples
@@ -122,12 +129,30 @@ class Shapes:
         if not 0 <= index < self.num_examples:
             raise IndexError(index)
         objects = scene(self.seed, index, self.max_objects)
-        return {"image": render(objects, self.seed, index, self.image_size),
-                "text": caption(objects), "id": f"shapes/{self.seed}/{index}"}
+        example = {"image": render(objects, self.seed, index, self.image_size, self.texture),
+                   "text": caption(objects), "id": f"shapes/{self.seed}/{index}"}
+        if self.object_hole:
+            rng = np.random.default_rng((self.seed, index, 2))
+            target = objects[int(rng.integers(len(objects)))]
+            example["mask"] = object_mask(target, self.image_size, self.object_hole, rng.uniform(0, 0.06))
+            example["target"] = target
+        return example
 
     def __repr__(self) -> str:
         return (f"Shapes(num_examples={self.num_examples}, image_size={self.image_size}, "
-                f"seed={self.seed}, max_objects={self.max_objects})")
+                f"seed={self.seed}, max_objects={self.max_objects}, object_hole={self.object_hole}, "
+                f"texture={self.texture})")
+
+
+def object_mask(obj: Shape, size: int, grid: int, margin: float = 0.0) -> np.ndarray:
+    """bool [size, size]: the object's box grown by `margin` (fraction of the image), snapped
+    outwards to multiples of `grid` pixels."""
+    left, top, right, bottom = obj.box
+    lo = lambda v: int(np.floor(max(v - margin, 0.0) * size / grid)) * grid  # noqa: E731
+    hi = lambda v: int(np.ceil(min(v + margin, 1.0) * size / grid)) * grid  # noqa: E731
+    mask = np.zeros((size, size), bool)
+    mask[lo(top):hi(bottom), lo(left):hi(right)] = True
+    return mask
 
 
 def _hue_to_colour(hue: np.ndarray) -> np.ndarray:

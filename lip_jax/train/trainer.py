@@ -99,6 +99,8 @@ def _stage1_task(config) -> Task:
 
 def _stage2_task(config) -> Task:
     from lip_jax.convert.dfvqgan import param_template
+    from lip_jax.models import dfvqgan
+    from lip_jax.sample import sample_tokens
     from lip_jax.train import stage2
 
     if not config.get("vqgan_ckpt"):
@@ -106,9 +108,27 @@ def _stage2_task(config) -> Task:
     vq = load_params(config.vqgan_ckpt, param_template(config.vqgan))
     codebook = vq["quantize"]["embedding"]["embedding"]
     init_ckpt = config.train.get("init_ckpt")
+    vq_model = dfvqgan.from_config(config.vqgan)
+    mcfg = stage2.mps_config(config)
+    sample = config.get("sample", {})
+
+    def preview(state, batch, vq_params):
+        # As inference: encode the defective image, sample the hole tokens, decode with its skips.
+        n = min(8, batch["image"].shape[0])
+        image, mask = batch["image"][:n], batch["mask"][:n]
+        x = jnp.where(mask[..., None], 0.0, image)
+        enc = vq_model.apply({"params": vq_params}, x, mask, method=dfvqgan.DFVQGAN.encode)
+        tokens = sample_tokens(state.params, mcfg, tokens=enc["indices"].reshape(n, -1),
+                               token_mask=enc["skip_masks"][-1].reshape(n, -1), image=x,
+                               text_ids=batch["text_ids"][:n], rng=jax.random.key(0),
+                               top_k=sample.get("top_k", 128), temperature=sample.get("temperature", 1.0))
+        rec = vq_model.apply({"params": vq_params}, tokens.reshape(n, *mcfg.grid), enc["skips"], enc["skip_masks"],
+                             method=dfvqgan.DFVQGAN.decode_indices)
+        return _grid([image, x, rec])
+
     task = Task(init_boxed_state=lambda rng: stage2.init_boxed_state(config, rng, codebook),
                 make_step=lambda _: stage2.make_train_step(config),
-                extra=(vq,), batch_keys=("image", "mask", "masked_image", "text_ids"))
+                extra=(vq,), batch_keys=("image", "mask", "masked_image", "text_ids"), preview=jax.jit(preview))
     task.init_params = load_params(init_ckpt) if init_ckpt else None
     return task
 

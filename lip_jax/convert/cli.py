@@ -1,0 +1,346 @@
+"""`lip-jax convert`: every weight kind, PyTorch file <-> orbax directory, both directions.
+
+The direction follows `--from`: a file (or a Hugging Face CLIP directory) is read as PyTorch and
+written as an orbax directory; an orbax directory is written back as a PyTorch `.pth`.
+
+  dfvqgan    official `{"model": DFVQGAN state dict}` (epoch14-chunk-0.pth) <-> DF-VQGAN params
+  lip        official NUWA-LIP `{"model": ...}` (vae.model.*, MP-S2S, clip_sim.*)
+             <-> {"mps", "vqgan", "clip" (if the file has clip_sim)}
+  clip       OpenAI ViT-B-32.pt (TorchScript or state dict) or HF CLIPModel dir <-> CLIP params;
+             written back as an OpenAI state dict
+  lpips      torchvision VGG16 .pth + --heads LPIPS vgg.pth, or one merged state dict <-> LPIPS params
+  inception  pytorch-fid pt_inception-2015-12-05-6726825d.pth <-> {"params", "batch_stats"}
+
+Without `--kind` the kind is read from the keys. Every direction is strict (the converters name
+missing, unexpected and mis-shaped keys) and reads PyTorch files memory-mapped, tensor by tensor.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import Mapping
+
+import jax
+import numpy as np
+
+KINDS = ("dfvqgan", "lip", "clip", "lpips", "inception")
+
+
+# --- orbax helpers shared with `lip-jax eval` -----------------------------------------------------
+
+def orbax_template(path: str):
+    """Shapes and dtypes of a stored orbax tree, read from its metadata (no array is loaded)."""
+    import orbax.checkpoint as ocp
+
+    from lip_jax.train.checkpoints import CheckpointError
+
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    try:
+        with ocp.StandardCheckpointer() as ckpt:
+            meta = ckpt.metadata(os.path.abspath(path)).item_metadata
+    except Exception as e:  # orbax raises many types for a foreign or truncated directory
+        raise CheckpointError(f"{path}: not a readable orbax checkpoint ({type(e).__name__}: {e})") from e
+    meta = getattr(meta, "tree", meta)
+    if not isinstance(meta, Mapping):
+        raise CheckpointError(f"{path}: not an orbax parameter tree")
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), dict(meta))
+
+
+def to_local(tree):
+    """Arrays restored replicated over every process -> numpy (this process's copy)."""
+    def one(a):
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            a = a.addressable_data(0)
+        return np.asarray(a)
+    return jax.tree.map(one, tree)
+
+
+def load_orbax(path: str, template=None):
+    """An orbax tree as numpy; `template` (shapes) is checked strictly, else the stored shapes are
+    used, which also works on several processes (orbax needs a target there)."""
+    from lip_jax.train.checkpoints import load_params
+
+    return to_local(load_params(path, orbax_template(path) if template is None else template))
+
+
+def clip_config_of(params, preset=None):
+    """ClipConfig of Flax CLIP params: `preset` if given, else OpenAI's rule (heads = width / 64)."""
+    from lip_jax.convert import clip as conv_clip
+    from lip_jax.convert import common
+    from lip_jax.models.clip import ClipConfig
+
+    if preset:
+        return ClipConfig.from_any(preset)
+    shapes = common.expected_torch_shapes(params, (), conv_clip.KEY_RULES)
+    return conv_clip.infer_config({k: jax.ShapeDtypeStruct(s, np.float32) for k, (_, s) in shapes.items()})
+
+
+# --- kind detection -------------------------------------------------------------------------------
+
+def kind_of_torch_keys(keys) -> str | None:
+    keys = list(keys)
+    has = lambda pattern: any(re.search(pattern, k) for k in keys)  # noqa: E731
+    if has(r"^vae\.model\."):
+        return "lip"
+    if has(r"^visual\.conv1\.weight$") or has(r"^(text_model|vision_model)\."):
+        return "clip"
+    if has(r"^quantize\.embedding\.weight$"):
+        return "dfvqgan"
+    if has(r"^(Mixed_\w+|Conv2d_\w+)\.") or has(r"^blocks\.\d+\.\d+\.conv\."):
+        return "inception"
+    if has(r"^lin\d\.model\.\d\.weight$") or has(r"^net\.slice\d\.") or has(r"^features\.\d+\.weight$"):
+        return "lpips"
+    return None
+
+
+def kind_of_orbax_keys(keys) -> str | None:
+    keys = set(keys)
+    if {"mps", "vqgan"} <= keys:
+        return "lip"
+    if {"params", "batch_stats"} <= keys:
+        return "inception"
+    if "visual" in keys:
+        return "clip"
+    if "quantize" in keys:
+        return "dfvqgan"
+    if "features_0" in keys:
+        return "lpips"
+    return None
+
+
+def _is_hf_dir(path: str) -> bool:
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json"))
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+def add_parser(subparsers) -> None:
+    """Register `lip-jax convert` on an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "convert", help="PyTorch checkpoint <-> orbax directory, every weight kind (direction from --from)",
+        description="Convert a PyTorch weight file to an orbax directory (--from is a file) or back "
+                    "(--from is an orbax directory). Kinds: " + ", ".join(KINDS) + "; without --kind it "
+                    "is read from the checkpoint's keys.")
+    p.add_argument("--kind", choices=KINDS, help="weight kind (default: detected from --from)")
+    p.add_argument("--config", help="config file[:arg]; needed by dfvqgan (its vqgan section) and lip "
+                                    "(mps and vqgan), e.g. configs/dfvqgan_imagenet.py, configs/lip_maskcoco.py")
+    p.add_argument("--from", dest="src", required=True, help="PyTorch file (or HF CLIP directory) or orbax directory")
+    p.add_argument("--to", dest="dst", required=True, help="orbax directory (must not exist) or .pth file")
+    p.add_argument("--heads", help="lpips: the LPIPS heads file (lpips/taming vgg.pth), read with the "
+                                   "torchvision VGG16 --from, or written beside --to")
+    p.add_argument("--clip-config", help="clip (and the lip checkpoint's clip_sim): CLIP preset when the "
+                                         "head counts are not width / 64, e.g. tiny")
+    p.add_argument("--only", choices=("mps", "vqgan"),
+                   help="lip, .pth -> orbax: write only this part (mps: for train.init_ckpt; vqgan: for vqgan_ckpt)")
+    p.add_argument("--axial-naming", choices=("underscore", "dot"), default="underscore",
+                   help="lip, orbax -> .pth: axial positional embedding keys weights_0 (release) or weights.0")
+    p.set_defaults(fn=run)
+
+
+def run(args) -> None:
+    from lip_jax.cli import UsageError
+    from lip_jax.convert.common import ConversionError
+
+    src, dst = args.src, args.dst
+    if not os.path.exists(src):
+        raise UsageError(f"{src}: no such file or directory")
+    to_orbax = os.path.isfile(src) or _is_hf_dir(src)
+    kind = args.kind or _detect(src, to_orbax, args.config)
+    if args.only and not (kind == "lip" and to_orbax):
+        raise UsageError("--only applies to --kind lip, .pth -> orbax")
+    if args.heads and kind != "lpips":
+        raise UsageError("--heads applies to --kind lpips")
+    try:
+        if to_orbax:
+            _torch_to_orbax(kind, src, dst, args)
+        else:
+            _orbax_to_torch(kind, src, dst, args)
+    except ConversionError as e:
+        msg = str(e)
+        raise ConversionError(msg if src in msg else f"{src}: {msg}") from e
+    print(f"wrote {dst} ({kind})")
+
+
+def _detect(src: str, to_orbax: bool, config_spec: str | None) -> str:
+    """The kind from the keys; failing that, from the config's sections (mps: lip, vqgan: dfvqgan)."""
+    from lip_jax.cli import UsageError
+    from lip_jax.convert import common
+
+    if _is_hf_dir(src):
+        return "clip"
+    if to_orbax:
+        try:
+            keys = list(common.load_torch_checkpoint(src))
+        except common.ConversionError as unreadable:  # OpenAI's TorchScript archive is no pickled dict
+            from lip_jax.convert.clip import read_openai_checkpoint
+
+            try:
+                keys = list(read_openai_checkpoint(src))
+            except Exception:
+                raise unreadable from None
+        kind = kind_of_torch_keys(keys)
+    else:
+        keys = list(orbax_template(src))
+        kind = kind_of_orbax_keys(keys)
+    if kind is None and config_spec:
+        from lip_jax.cli import load_config
+
+        config = load_config(config_spec)
+        kind = "lip" if "mps" in config else "dfvqgan" if "vqgan" in config else None
+    if kind is None:
+        shown = ", ".join(sorted(keys)[:5])
+        raise UsageError(f"{src}: cannot tell which kind of weights this is (keys {shown}, ...); pass --kind "
+                         f"({'/'.join(KINDS)})")
+    return kind
+
+
+def _model_config(args, kind: str):
+    from lip_jax.cli import UsageError, load_config
+
+    if not args.config:
+        raise UsageError(f"--kind {kind} needs --config (the model it belongs to)")
+    config = load_config(args.config)
+    need = ("vqgan",) if kind == "dfvqgan" else ("mps", "vqgan")
+    missing = [s for s in need if s not in config]
+    if missing:
+        raise UsageError(f"{args.config}: no {' and '.join(missing)} section for --kind {kind}")
+    if kind == "lip":
+        from lip_jax.inpaint import check_models
+
+        try:
+            check_models(config.vqgan, config.mps)
+        except ValueError as e:
+            raise UsageError(f"{args.config}: {e}") from e
+    return config
+
+
+def _torch_to_orbax(kind: str, src: str, dst: str, args) -> None:
+    from lip_jax.convert import common
+    from lip_jax.train.checkpoints import CheckpointError, save_params
+
+    if os.path.exists(dst):
+        raise CheckpointError(f"{dst}: already exists, refusing to overwrite")
+    if kind == "dfvqgan":
+        from lip_jax.convert.dfvqgan import dfvqgan_from_torch
+
+        cfg = _model_config(args, kind).vqgan
+        tree = dfvqgan_from_torch(common.load_torch_checkpoint(src), cfg, what=src)
+    elif kind == "lip":
+        from lip_jax.convert.clip import clip_from_openai, infer_config
+        from lip_jax.convert.mps2s import lip_from_torch
+        from lip_jax.models.clip import ClipConfig
+
+        config = _model_config(args, kind)
+        full = lip_from_torch(common.load_torch_checkpoint(src), config.mps, config.vqgan)
+        tree = {"mps": full["mps"], "vqgan": full["vqgan"]}
+        clip_sim = common.subtree(full["clip_sim"], "model")
+        if set(full["clip_sim"]) - {f"model.{k}" for k in clip_sim}:
+            extra = sorted(k for k in full["clip_sim"] if not k.startswith("model."))
+            shown = common._abbrev(["clip_sim." + k for k in extra])
+            raise common.ConversionError(f"unexpected clip_sim keys: {shown}")
+        if clip_sim:
+            cfg = ClipConfig.from_any(args.clip_config) if args.clip_config else infer_config(clip_sim)
+            tree["clip"] = clip_from_openai(clip_sim, cfg, what=f"{src} clip_sim")
+        if args.only:
+            tree = tree[args.only]
+    elif kind == "clip":
+        from lip_jax.convert.clip import load_clip
+
+        try:
+            tree, _ = load_clip(src, args.clip_config)
+        except common.ConversionError:
+            raise
+        except ValueError as e:  # unknown preset, zero heads inferred for a tiny width
+            raise common.ConversionError(f"{src}: {e}") from e
+    elif kind == "lpips":
+        from lip_jax.convert.lpips import load_lpips_checkpoints, lpips_from_torch
+
+        label = src + (f" + {args.heads}" if args.heads else "")
+        tree = lpips_from_torch(load_lpips_checkpoints(src, args.heads), what=label)
+    else:
+        from lip_jax.convert.inception import inception_from_torch
+
+        params, stats = inception_from_torch(common.load_torch_checkpoint(src), what=src)
+        tree = {"params": params, "batch_stats": stats}
+    save_params(dst, tree)
+
+
+def _orbax_to_torch(kind: str, src: str, dst: str, args) -> None:
+    from lip_jax.convert import common
+
+    wrap = kind in ("dfvqgan", "lip")  # the official releases are {"model": state_dict}
+    if kind == "dfvqgan":
+        from lip_jax.convert.dfvqgan import dfvqgan_to_torch, param_template
+
+        cfg = _model_config(args, kind).vqgan
+        # load_orbax checks every leaf against the config (cfg=None: no second template)
+        state = dfvqgan_to_torch(load_orbax(src, param_template(cfg)), None, what=src)
+    elif kind == "lip":
+        from lip_jax.convert import dfvqgan as conv_vq
+        from lip_jax.convert import mps2s as conv_mps
+        from lip_jax.convert.clip import clip_to_openai
+        from lip_jax.train.checkpoints import CheckpointError
+
+        config = _model_config(args, kind)
+        stored = orbax_template(src)
+        if not {"mps", "vqgan"} <= set(stored):
+            raise CheckpointError(f"{src}: expected an orbax tree with 'mps' and 'vqgan' (a full NUWA-LIP "
+                                  f"checkpoint), got {sorted(stored)}")
+        template = {"mps": conv_mps.param_template(config.mps), "vqgan": conv_vq.param_template(config.vqgan)}
+        if "clip" in stored:
+            template["clip"] = stored["clip"]
+        tree = load_orbax(src, template)
+        if "clip" in tree:
+            sim = clip_to_openai(tree["clip"], clip_config_of(tree["clip"], args.clip_config), what=f"{src} clip")
+            tree["clip_sim"] = {f"model.{k}": v for k, v in sim.items()}
+        state = conv_mps.lip_to_torch(tree, None, None, args.axial_naming)  # checked by load_orbax
+    elif kind == "clip":
+        from lip_jax.convert.clip import clip_to_openai
+
+        params = load_orbax(src)
+        try:
+            state = clip_to_openai(params, clip_config_of(params, args.clip_config), what=src)
+        except common.ConversionError:
+            raise
+        except ValueError as e:
+            raise common.ConversionError(f"{src}: {e}") from e
+    elif kind == "lpips":
+        from lip_jax.convert.lpips import lpips_to_torch, param_template, split_torch_state
+
+        state = lpips_to_torch(load_orbax(src, param_template()), what=src)
+        if args.heads:
+            vgg, heads = split_torch_state(state)
+            _save_torch(heads, args.heads, wrap=False)
+            state = vgg
+    else:
+        from lip_jax.convert.inception import inception_to_torch
+
+        tree = load_orbax(src)
+        if set(tree) != {"params", "batch_stats"}:
+            raise common.ConversionError(f"expected an orbax tree {{params, batch_stats}}, got {sorted(tree)}")
+        state = inception_to_torch(tree["params"], tree["batch_stats"], what=src)
+    _save_torch(state, dst, wrap=wrap)
+
+
+def _save_torch(state, path: str, wrap: bool) -> None:
+    """Write through a temporary file, so an interrupted conversion leaves no half file."""
+    from lip_jax.convert.common import save_torch_checkpoint
+
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        save_torch_checkpoint(state, tmp, wrap_model=wrap)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from lip_jax.cli import main
+
+    sys.exit(main(["convert", *sys.argv[1:]]))

@@ -1,0 +1,88 @@
+"""The demo's pieces (object holes, counterfactual captions, the follow score) and its whole code
+path at smoke size: both stages train, the report and grid are written, a rerun trains nothing."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from lip_jax.cli import load_config, main
+from lip_jax.data import DataError
+from lip_jax.data.shapes import COLOURS, Shapes, caption, dominant, object_mask, scene
+from lip_jax.demo import counterfactual, follow_rates, held_out
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "shapes_demo.py")
+
+
+def test_object_hole_hides_the_object_on_the_token_grid():
+    src = Shapes(num_examples=40, image_size=32, seed=3, max_objects=2, object_hole=4)
+    for i in range(len(src)):
+        ex = src[i]
+        mask, target = ex["mask"], ex["target"]
+        assert mask.dtype == bool and mask.shape == (32, 32)
+        # Whole 4x4 cells only, so the token hole equals the pixel hole.
+        cells = mask.reshape(8, 4, 8, 4).transpose(0, 2, 1, 3).reshape(64, 16)
+        assert np.all(cells.all(axis=1) | ~cells.any(axis=1))
+        # Every pixel of the target object lies in the hole.
+        alone = Shapes(num_examples=40, image_size=32, seed=3, max_objects=2)[i]["image"]
+        assert target in scene(3, i, 2)
+        left, top, right, bottom = (int(v * 32) for v in target.box)
+        assert mask[top:bottom, left:right].all()
+        assert np.array_equal(alone, ex["image"])
+    assert object_mask(target, 32, 4).sum() <= mask.sum()
+    with pytest.raises(DataError, match="object_hole"):
+        Shapes(image_size=32, object_hole=5)
+
+
+def test_counterfactual_changes_colour_and_shape():
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        target = scene(0, i, 1)[0]
+        other = counterfactual(target, rng)
+        assert other.colour != target.colour and other.shape != target.shape
+        assert (other.size, other.cell, other.box) == (target.size, target.cell, target.box)
+        assert other.colour in COLOURS
+
+
+def test_follow_rates_reads_the_hole():
+    cfg = load_config(CONFIG)
+    data = held_out(cfg, 24)
+    assert data["true_text"][0] == caption([data["true"][0]])
+    # The reader is exact on the ground truth at the demo's resolution...
+    assert follow_rates(data["image"], data["mask"], data["true"]) == {"colour": 1.0, "shape": 1.0,
+                                                                       "colour_and_shape": 1.0}
+    # ...and never credits the true image for the counterfactual object.
+    assert follow_rates(data["image"], data["mask"], data["counter"])["colour"] == 0.0
+    # An empty (background) hole follows nothing.
+    blank = np.full_like(data["image"], 128)
+    assert follow_rates(blank, data["mask"], data["true"])["colour"] == 0.0
+    assert dominant(blank[0], data["mask"][0]) == (None, None)
+
+
+def test_demo_smoke_end_to_end(tmp_path, capsys):
+    work = str(tmp_path / "demo")
+    assert main(["demo", "--config", CONFIG + ":smoke", "--workdir", work]) == 0
+    for name in ("demo.png", "report.md", "report.json", "stage1/params", "stage2/params"):
+        assert os.path.exists(os.path.join(work, name)), name
+    report = json.load(open(os.path.join(work, "report.json")))
+    assert report["images"] == 4
+    for which in ("true_caption", "counterfactual_caption"):
+        assert set(report[which]["follows"]) == {"colour", "shape", "colour_and_shape"}
+        assert np.isfinite(report[which]["psnr_outside_hole"])
+    assert report["reader_on_ground_truth"]["colour"] == 1.0
+    from PIL import Image
+    grid = np.asarray(Image.open(os.path.join(work, "demo.png")))
+    assert grid.shape[0] > 2 * 128 and grid.shape[1] > 4 * 128  # 2 rows x 4 cells of 32 px at x4
+    # A rerun finds both stages trained and only evaluates.
+    capsys.readouterr()
+    assert main(["demo", "--config", CONFIG + ":smoke", "--workdir", work]) == 0
+    err = capsys.readouterr().err
+    assert "stage1 already trained" in err and "stage2 already trained" in err
+
+
+def test_demo_bad_arguments(tmp_path, capsys):
+    assert main(["demo", "--config", str(tmp_path / "none.py"), "--workdir", str(tmp_path)]) == 2
+    assert "demo config not found" in capsys.readouterr().err
+    assert main(["demo", "--config", CONFIG + ":smoke", "--images", "0", "--workdir", str(tmp_path)]) == 2

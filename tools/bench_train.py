@@ -1,0 +1,128 @@
+"""Train-step throughput of both stages: steps/s, images/s, tokens/s, FLOPs and MFU.
+
+    python tools/bench_train.py                          # demo and mid sizes (CPU-friendly)
+    python tools/bench_train.py --sizes official --batch 8 --peak-tflops 989   # on an accelerator
+
+Runs the real jitted train steps (lip_jax.train.stage1 / stage2, the same functions `lip-jax train`
+uses) on random data with all devices in one data-parallel mesh, after one warm-up call that
+compiles. FLOPs per step come from XLA's cost analysis of the compiled step; MFU is reported when
+--peak-tflops (the accelerator's dense peak for the dtype) is given. Sizes:
+  demo      configs/shapes_demo.py (32 px, 8x8 tokens)
+  mid       stage 1: the official DF-VQGAN at 128 px; stage 2: the "mid" MP-S2S (dim 256, 32x32 tokens)
+  official  stage 1: 256 px DF-VQGAN (imagenet8192); stage 2: dim 1280, 24/12/12 layers (mps_cc)
+Prints a Markdown table and one final JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from lip_jax.cli import load_config  # noqa: E402
+from lip_jax.models import dfvqgan  # noqa: E402
+from lip_jax.train import partitioning, stage1, stage2  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def config(stage: int, size: str):
+    if size == "demo":
+        return load_config(os.path.join(ROOT, "configs", f"shapes_demo.py:stage{stage}"))
+    if stage == 1:
+        c = load_config(os.path.join(ROOT, "configs", "dfvqgan_imagenet.py"))
+        if size == "mid":
+            c.vqgan.resolution = 128
+        c.train.perceptual_weight = 0.0  # LPIPS is a separate frozen network; timed by bench_dfvqgan
+        return c
+    return load_config(os.path.join(ROOT, "configs", "mps_cc.py:" + {"mid": "mid", "official": "cc"}[size]))
+
+
+def batch_for(c, stage: int, batch: int, rng):
+    r = c.vqgan.resolution
+    image = rng.uniform(-1, 1, (batch, r, r, 3)).astype(np.float32)
+    mask = np.zeros((batch, r, r), bool)
+    mask[:, r // 4: 3 * r // 4, r // 4: 3 * r // 4] = True
+    if stage == 1:
+        return dict(image=image, mask=mask, decoder_none=np.zeros((batch,), bool))
+    return dict(image=image, mask=mask, masked_image=np.where(mask[..., None], 0, image).astype(np.float32),
+                text_ids=rng.integers(1, c.mps.text_vocab_size, (batch, c.mps.text_len)).astype(np.int32))
+
+
+def bench(stage: int, size: str, batch: int, iters: int, peak: float | None) -> dict:
+    c = config(stage, size)
+    c.data.batch_size = batch
+    mesh = partitioning.make_mesh(dict(data=-1, fsdp=1, tensor=1))
+    rng = np.random.default_rng(0)
+    with jax.set_mesh(mesh):
+        if stage == 1:
+            state = nn.unbox(stage1.init_boxed_state(c, jax.random.key(0)))
+            step = stage1.make_train_step(c, lambda x, y, r: jnp.zeros(x.shape[0]), use_disc=True)
+            extra = ()
+        else:
+            vq = nn.unbox(dfvqgan.init_params(dfvqgan.from_config(c.vqgan), jax.random.key(1)))
+            state = nn.unbox(stage2.init_boxed_state(c, jax.random.key(0), vq["quantize"]["embedding"]["embedding"]))
+            step = stage2.make_train_step(c)
+            extra = (vq,)
+        data = partitioning.global_batch(batch_for(c, stage, batch, rng), mesh)
+        fn = jax.jit(step, donate_argnums=0)
+        t0 = time.perf_counter()
+        compiled = fn.lower(state, *extra, data).compile()
+        compile_s = time.perf_counter() - t0
+        flops = float((compiled.cost_analysis() or {}).get("flops", float("nan")))
+        state, m = compiled(state, *extra, data)
+        jax.block_until_ready(m)
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            state, m = compiled(state, *extra, data)
+        jax.block_until_ready(m)
+        dt = (time.perf_counter() - t0) / iters
+    tokens = batch * (c.mps.img_size // c.mps.vae_patch_size) ** 2 if stage == 2 else 0
+    row = dict(stage=stage, size=size, batch=batch, resolution=int(c.vqgan.resolution), s_per_step=dt,
+               steps_per_s=1 / dt, images_per_s=batch / dt, tokens_per_s=tokens / dt if tokens else None,
+               gflop_per_step=flops / 1e9, achieved_tflops=flops / dt / 1e12, compile_s=compile_s)
+    row["mfu"] = row["achieved_tflops"] / peak if peak else None
+    return row
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", nargs="+", default=["demo", "mid"], choices=["demo", "mid", "official"])
+    p.add_argument("--stages", nargs="+", type=int, default=[1, 2], choices=[1, 2])
+    p.add_argument("--batch", type=int, default=0, help="global batch (default: 8 demo, 2 otherwise)")
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--peak-tflops", type=float, help="device peak TFLOP/s for MFU (e.g. 989 for H100 bf16 dense)")
+    args = p.parse_args(argv)
+    rows = []
+    for size in args.sizes:
+        for stage in args.stages:
+            batch = args.batch or (8 if size == "demo" else 2)
+            rows.append(bench(stage, size, batch, args.iters, args.peak_tflops))
+            print(f"# stage {stage} {size}: {rows[-1]['s_per_step']:.3f} s/step", file=sys.stderr, flush=True)
+    dev = jax.devices()[0]
+    env = dict(backend=jax.default_backend(), device_kind=dev.device_kind, devices=jax.device_count(),
+               jax=jax.__version__, machine=platform.machine(), cpus=os.cpu_count())
+    print(f"\nTrain steps on {env['devices']} x {env['device_kind']} ({env['backend']}), JAX {env['jax']}\n")
+    print("| stage | size | resolution | batch | s/step | images/s | tokens/s | GFLOP/step | TFLOP/s | MFU |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        tok = f"{r['tokens_per_s']:.0f}" if r["tokens_per_s"] else "-"
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else "-"
+        print(f"| {r['stage']} | {r['size']} | {r['resolution']} | {r['batch']} | {r['s_per_step']:.3f} "
+              f"| {r['images_per_s']:.2f} | {tok} | {r['gflop_per_step']:.1f} | {r['achieved_tflops']:.3f} | {mfu} |")
+    print(json.dumps({"bench": "train", **env, "rows": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
