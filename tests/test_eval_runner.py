@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from random_weights import random_params
+
 from lip_jax import inpaint as I
 from lip_jax.cli import load_config, main, to_uint8, to_unit
 from lip_jax.convert import clip as CC
@@ -34,22 +36,6 @@ N = 5
 SETTINGS = ["--set", "eval.sample_K=3", "--set", "eval.best_n=2", "--set", "eval.batch_size=2",
             "--set", "eval.clip_resize=bicubic"]
 CLIP_CFG = C.ClipConfig.from_any("tiny")
-
-
-def random_params(template, seed):
-    rng = np.random.default_rng(seed)
-
-    def leaf(path, t):
-        name, shape = path[-1].key, t.shape
-        if name == "kernel":
-            return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))).astype(np.float32)
-        if name == "scale" and len(shape) == 1:
-            return (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
-        if name == "bias":
-            return (0.05 * rng.standard_normal(shape)).astype(np.float32)
-        return (0.5 * rng.standard_normal(shape)).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(leaf, template)
 
 
 def write_dataset(d, n=N, size=32, seed=0):

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import torch_clip as T
+from random_weights import random_params
 from lip_jax import inpaint as I
 from lip_jax.cli import main, to_uint8
 from lip_jax.convert import clip as CC
@@ -39,23 +40,6 @@ def get_config(arg=None):
     c.sample = ml_collections.ConfigDict(dict(top_k=128, temperature=1.0, num_samples=3))
     return c
 """
-
-
-def random_params(template, seed):
-    """Random weights from shapes alone: compiling model.init of DF-VQGAN costs ~30 s on 2 cores."""
-    rng = np.random.default_rng(seed)
-
-    def leaf(path, t):
-        name, shape = path[-1].key, t.shape
-        if name == "kernel":
-            return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))).astype(np.float32)
-        if name == "scale" and len(shape) == 1:  # norms (LayerScale is 3-d)
-            return (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
-        if name == "bias":
-            return (0.05 * rng.standard_normal(shape)).astype(np.float32)
-        return (0.5 * rng.standard_normal(shape)).astype(np.float32)
-
-    return jax.tree_util.tree_map_with_path(leaf, template)
 
 
 @pytest.fixture(scope="module")
