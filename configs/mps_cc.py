@@ -23,6 +23,10 @@ def build(preset: str) -> ml_collections.ConfigDict:
     c.stage = 2
     c.seed = 42
     c.mps = ml_collections.ConfigDict(mps2s.PRESETS[preset])
+    # Official training checkpointed every transformer layer (mpu.checkpoint) in float32 (use_amp
+    # off): remat "full" at the official size. dtype "bfloat16" = bf16 compute, float32 master weights.
+    c.mps.remat = "full" if preset in ("cc", "coco") else "none"
+    c.mps.dtype = "float32"
     c.vqgan = ml_collections.ConfigDict(dfvqgan.PRESETS[VQGAN_PRESET[preset]])
     c.vqgan_ckpt = ""
     c.mesh = dict(data=-1, fsdp=1, tensor=1)

@@ -9,11 +9,14 @@ seed fixes the result. Rows are image-major: row b * num_samples + s is candidat
 Cached sampler (`sample_tokens`), one compiled program:
   * the token view, pixel view, text encoder and every decoder layer's cross-attention K/V run
     once per image (then broadcast to the candidates);
-  * decoder self-attention keeps a K/V cache [rows, 1 + N, heads * dim_head] per layer;
+  * decoder self-attention keeps a K/V cache per layer (keys [rows, heads, dim_head, 1 + N],
+    values [rows, heads, 1 + N, dim_head]: the layouts XLA's batched matmuls read without a
+    transpose), updated in place;
   * step k processes, per row, the decoder positions between the previous hole and hole k (the
     previous hole's sampled token, then the run of known slots, whose inputs are the constant mask
-    embedding) as one parallel chunk and samples hole k, so the loop runs max(#holes) steps. Chunk
-    lengths are rounded up to a power of four and dispatched with lax.switch (static shapes).
+    embedding) in parallel pieces of static lengths BULK_SIZES (one while loop per length), then the
+    last position alone, whose logits sample hole k; the loop runs max(#holes) steps;
+  * top-k filtering finds the k-th largest logit by a 32-step bit search instead of a sort.
 The caller encodes images to tokens and decodes tokens to pixels (DF-VQGAN is not used here); the
 official evaluation gives the known tokens and `image` from the masked image (holes set to 0).
 """
@@ -25,7 +28,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from lip_jax.models.mps2s import MPS2S, MPSConfig, check_inputs
+from lip_jax.models.mps2s import MPS2S, MPSConfig, check_inputs, kv_heads
 
 
 def _check_args(cfg: MPSConfig, num_samples: int, top_k: int, temperature: float):
@@ -37,22 +40,31 @@ def _check_args(cfg: MPSConfig, num_samples: int, top_k: int, temperature: float
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
 
+def _top_k_keep(logits, k):
+    """logits >= (k-th largest logit of the row), for a traced k in [1, vocab], without a sort: the
+    k-th largest value's order-preserving uint32 image is built bit by bit (32 counting passes,
+    much cheaper on CPU than sorting the vocabulary at every step)."""
+    x = jnp.where(jnp.abs(logits) < jnp.finfo(jnp.float32).tiny, 0.0, logits)  # -0.0 == 0.0 == denormals
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    key = jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(1 << 31))  # monotone in x
+    tau = jnp.zeros(logits.shape[:-1] + (1,), jnp.uint32)
+    for bit in range(31, -1, -1):  # largest tau with count(key >= tau) >= k
+        cand = tau | jnp.uint32(1 << bit)
+        tau = jnp.where(jnp.sum(key >= cand, axis=-1, keepdims=True) >= k, cand, tau)
+    return key >= tau
+
+
 def _draw(logits, keys, top_k, temperature):
     """Sample from softmax(top-k logits / temperature), one key per row: int32 [R].
     top_k may be traced (one compiled program serves every k); ties at the k-th value are kept."""
     logits = logits.astype(jnp.float32)
-    kth = jnp.take_along_axis(-jnp.sort(-logits, axis=-1), jnp.full((logits.shape[0], 1), top_k - 1), axis=-1)
-    filtered = jnp.where(logits >= kth, logits / temperature, -jnp.inf)
+    filtered = jnp.where(_top_k_keep(logits, top_k), logits / temperature, -jnp.inf)
     return jax.vmap(jax.random.categorical)(keys, filtered).astype(jnp.int32)
 
 
-def chunk_sizes(t: int, base: int = 4) -> list[int]:
-    """Static chunk lengths 1, base, base^2, ... < t, then t: one lax.switch branch each."""
-    sizes, c = [], 1
-    while c < t:
-        sizes.append(c)
-        c *= base
-    return sizes + [t]
+# Piece lengths for the decoder positions between two holes: size i runs while more than size i + 1
+# positions remain, the smallest takes the rest.
+BULK_SIZES = (64, 16, 4)
 
 
 def _grid_keys(row_keys, g):
@@ -85,7 +97,7 @@ def sample_tokens(params, tokens, token_mask, image, text_ids, rng, top_k, tempe
     n, t = cfg.num_tokens, cfg.num_tokens + 1
     tokens = jnp.where(token_mask, 0, tokens)  # official: holes start at token 0
     cond = model.apply(variables, tokens, token_mask, image, text_ids, method=MPS2S.encode)
-    cross_kv = [(_repeat(k, num_samples), _repeat(v, num_samples))
+    cross_kv = [tuple(_repeat(a, num_samples) for a in kv_heads(k, v, cfg.heads))
                 for k, v in model.apply(variables, cond, method=MPS2S.cross_kv)]
     tokens, mask = _repeat(tokens, num_samples), _repeat(token_mask, num_samples)
     rows = tokens.shape[0]
@@ -96,22 +108,26 @@ def sample_tokens(params, tokens, token_mask, image, text_ids, rng, top_k, tempe
     order = jnp.argsort(jnp.where(mask, ar, n + ar), axis=1).astype(jnp.int32)
     n_holes = mask.sum(axis=1).astype(jnp.int32)
     dt = cfg.jnp_dtype
-    caches = [(jnp.zeros((rows, t, cfg.inner_dim), dt), jnp.zeros((rows, t, cfg.inner_dim), dt))
-              for _ in range(cfg.dec_depth)]
-    sizes = chunk_sizes(t)
+    h, dh = cfg.heads, cfg.dim_head
+    caches = [(jnp.zeros((rows, h, dh, t), dt), jnp.zeros((rows, h, t, dh), dt)) for _ in range(cfg.dec_depth)]
 
-    def chunk_fn(size):
-        def run(toks, caches, start, end, active):
-            s0 = jnp.minimum(start, t - size)  # keep the window inside the cache
-            seq = s0[:, None] + jnp.arange(size)[None, :]
-            valid = (seq >= start[:, None]) & (seq <= end[:, None]) & active[:, None]
-            qi = jnp.clip(end - s0, 0, size - 1)
-            return model.apply(variables, toks, mask, seq, valid, qi, cross_kv, caches,
-                               method=MPS2S.decode_chunk)
-        return run
+    def piece(toks, caches, s, stop, size):
+        """Decoder positions [s, stop] ∩ [s, s + size) per row; logits at `stop`."""
+        s0 = jnp.minimum(s, t - size)  # keep the window inside the cache
+        seq = s0[:, None] + jnp.arange(size)[None, :]
+        valid = (seq >= s[:, None]) & (seq <= stop[:, None])
+        qi = jnp.clip(stop - s0, 0, size - 1)
+        return model.apply(variables, toks, mask, seq, valid, qi, cross_kv, caches, method=MPS2S.decode_chunk)
 
-    branches = [chunk_fn(s) for s in sizes]
-    bucket_sizes = jnp.asarray(sizes)
+    def run_up_to(toks, caches, s, last):
+        """Positions [s, last] per row in pieces of BULK_SIZES, one while loop per size (a lax.switch
+        over chunk sizes made XLA copy every cache at every step)."""
+        sizes = sorted({min(size, t) for size in BULK_SIZES}, reverse=True)
+        for size, below in zip(sizes, sizes[1:] + [0]):
+            s, caches = jax.lax.while_loop(
+                lambda st: jnp.any(last - st[0] + 1 > below),
+                lambda st, size=size: (st[0] + size, piece(toks, st[1], st[0], last, size)[1]), (s, caches))
+        return caches
 
     def body(state):
         k, toks, caches = state
@@ -119,10 +135,10 @@ def sample_tokens(params, tokens, token_mask, image, text_ids, rng, top_k, tempe
         g = order[:, jnp.minimum(k, n - 1)]
         prev = order[:, jnp.maximum(k - 1, 0)]
         start = jnp.where(k > 0, prev + 1, 0)
-        end = g  # logits at sequence position g predict grid token g
-        length = jnp.where(active, end - start + 1, 0)
-        branch = jnp.searchsorted(bucket_sizes, length.max())
-        logits, caches = jax.lax.switch(branch, branches, toks, caches, start, end, active)
+        # positions [start, g - 1] (the previous hole's token, then known slots) in bulk, then g alone:
+        # logits at sequence position g predict grid token g
+        caches = run_up_to(toks, caches, start, jnp.where(active, g - 1, -1))
+        logits, caches = piece(toks, caches, g, jnp.where(active, g, -1), 1)
         new = _draw(logits, _grid_keys(row_keys, g), top_k, temperature)
         cur = jnp.take_along_axis(toks, g[:, None], axis=1)[:, 0]
         toks = toks.at[jnp.arange(rows), g].set(jnp.where(active, new, cur))

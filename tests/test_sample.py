@@ -90,6 +90,23 @@ def test_seed_determinism_and_topk_support(setup):
     assert rank[mask].max() < 4
 
 
+def test_top_k_keep_matches_sort():
+    """The bit-search top-k filter keeps exactly logits >= the k-th largest (sorted) logit."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 16)).astype(np.float32)
+    x[1] = np.round(x[1])                                                  # ties
+    x[2, :8] = [0.0, -0.0, np.inf, -np.inf, 3e38, -3e38, 1.0, 1.0]         # signed zeros, infinities
+    x[3] = 2.5                                                             # all equal
+    x[4] *= 1e-30
+    x[5] = -np.abs(x[5]) * 1e30
+    ref = jax.jit(lambda v, k: v >= jnp.take_along_axis(-jnp.sort(-v, axis=-1), jnp.full((6, 1), k - 1), axis=-1))
+    got = jax.jit(sample._top_k_keep)
+    for k in range(1, 17):
+        keep = np.asarray(got(x, jnp.int32(k)))
+        np.testing.assert_array_equal(keep, np.asarray(ref(x, jnp.int32(k))), err_msg=f"k={k}")
+        assert (keep.sum(-1) >= k).all()
+
+
 def test_bad_arguments(setup):
     params, inputs = setup
     kw = dict(rng=jax.random.PRNGKey(0), **inputs)

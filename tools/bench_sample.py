@@ -1,13 +1,14 @@
 """Benchmark the KV-cached MP-S2S sampler against the official recompute-everything sampler.
 
     python tools/bench_sample.py                       # "mid" (both samplers) and "cc" (official size)
-    python tools/bench_sample.py --presets mid --batch 2 --hole 0.5
+    python tools/bench_sample.py --presets mid --batch 2 --hole 0.5 --reps 3
 
 Same random weights and inputs for both samplers, greedy-free top-k sampling (k=128), a centred
 square hole covering ~`hole` of the token grid. The recompute baseline is skipped when its estimate
 (holes x one full forward) exceeds --max-recompute-s; the full-forward time is then measured or,
 with --estimate-forward, extrapolated from the previous preset by FLOP count (stated in the output).
-Prints a Markdown table and one final JSON line.
+The cached sampler is timed --reps times after a compiling call (median reported), the recompute
+sampler once. Prints a Markdown table and one final JSON line (backend, device, versions, shapes).
 """
 
 from __future__ import annotations
@@ -75,18 +76,32 @@ def timed(fn):
     return out, time.perf_counter() - t
 
 
-def bench(preset, batch, hole, top_k, max_recompute_s, prev=None, estimate_forward=False):
+def shapes(cfg, x, batch):
+    """Input, KV-cache (per decoder layer) and cross-attention K/V shapes of the cached sampler."""
+    h, dh, t = cfg.heads, cfg.dim_head, cfg.num_tokens + 1
+    return dict({k: list(v.shape) for k, v in x.items()},
+                self_k=[batch, h, dh, t], self_v=[batch, h, t, dh],
+                cross_k=[batch, h, dh, cfg.cond_len], cross_v=[batch, h, cfg.cond_len, dh],
+                logits=[batch, cfg.vqvae_vocab_size], dec_layers=cfg.dec_depth, dtype=cfg.dtype)
+
+
+def bench(preset, batch, hole, top_k, max_recompute_s, prev=None, estimate_forward=False, reps=1):
     cfg = mps2s.MPSConfig.from_any(preset)
     params = jax.device_put(random_params(cfg))
     x = inputs(cfg, batch, hole)
     holes = int(np.asarray(x["token_mask"][0]).sum())
     run = lambda f, seed: f(params, cfg, rng=jax.random.PRNGKey(seed), top_k=top_k, **x)
     _, t_first = timed(lambda: run(sample.sample_tokens, 0))
-    cached, t_cached = timed(lambda: run(sample.sample_tokens, 1))
+    times = []
+    for _ in range(reps):
+        cached, t = timed(lambda: run(sample.sample_tokens, 1))
+        times.append(t)
+    t_cached = float(np.median(times))
     row = dict(preset=preset, grid=f"{cfg.grid[0]}x{cfg.grid[1]}", dim=cfg.dim,
                layers=f"{cfg.dec_depth}+{cfg.enc_depth}+{cfg.enc_depth}", batch=batch, holes=holes,
                cached_s_per_image=t_cached / batch, cached_tok_per_s=holes * batch / t_cached,
-               cached_compile_s=t_first - t_cached)
+               cached_ms_per_step=1000 * t_cached / holes, cached_times_s=times,
+               cached_compile_s=t_first - t_cached, shapes=shapes(cfg, x, batch))
     fwd = jax.jit(lambda p: mps2s.MPS2S(cfg).apply({"params": p}, x["tokens"], x["token_mask"], x["image"],
                                                    x["text_ids"]))
     if estimate_forward and prev is not None:
@@ -101,7 +116,8 @@ def bench(preset, batch, hole, top_k, max_recompute_s, prev=None, estimate_forwa
         timed(lambda: run(sample.sample_tokens_recompute, 0))  # compile
         ref, t_ref = timed(lambda: run(sample.sample_tokens_recompute, 1))
         row.update(recompute_s_per_image=t_ref / batch, recompute_tok_per_s=holes * batch / t_ref,
-                   speedup=t_ref / t_cached, tokens_equal=bool(np.array_equal(np.asarray(ref), np.asarray(cached))))
+                   recompute_ms_per_step=1000 * t_ref / holes, speedup=t_ref / t_cached,
+                   tokens_equal=bool(np.array_equal(np.asarray(ref), np.asarray(cached))))
     else:
         row.update(recompute_s_per_image=None, recompute_tok_per_s=None,
                    recompute_estimate_s_per_image=estimate / batch, speedup_estimate=estimate / t_cached,
@@ -122,30 +138,35 @@ def main():
     ap.add_argument("--hole", type=float, default=0.5)
     ap.add_argument("--top-k", type=int, default=128)
     ap.add_argument("--max-recompute-s", type=float, default=600.0)
+    ap.add_argument("--reps", type=int, default=3, help="timed runs of the cached sampler (median)")
     ap.add_argument("--estimate-forward", action="store_true",
                     help="extrapolate later presets' forward time by FLOPs instead of measuring it")
     args = ap.parse_args()
     rows, prev = [], None
     for p in args.presets.split(","):
-        prev = bench(p, args.batch, args.hole, args.top_k, args.max_recompute_s, prev, args.estimate_forward)
+        prev = bench(p, args.batch, args.hole, args.top_k, args.max_recompute_s, prev, args.estimate_forward,
+                     max(1, args.reps))
         rows.append(prev)
         print(f"# {p}: done", file=sys.stderr, flush=True)
     dev = jax.devices()[0]
-    print("| preset | grid | dim | layers dec+enc+pth | holes | cached s/img | cached tok/s | cached compile s "
-          "| recompute s/img | recompute tok/s | speedup | tokens equal |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| preset | grid | dim | layers dec+enc+pth | holes | cached s/img | cached ms/step | cached tok/s "
+          "| cached compile s | recompute s/img | recompute tok/s | speedup | tokens equal |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         rec = r["recompute_s_per_image"]
         speed = fmt(r.get("speedup"), ".1f") if rec is not None else f"~{r['speedup_estimate']:.0f} (est.)"
         rec_s = fmt(rec, ".2f") if rec is not None else f"~{r['recompute_estimate_s_per_image']:.0f} (est., skipped)"
         print(f"| {r['preset']} | {r['grid']} | {r['dim']} | {r['layers']} | {r['holes']} | "
-              f"{r['cached_s_per_image']:.2f} | {r['cached_tok_per_s']:.1f} | {r['cached_compile_s']:.1f} | "
+              f"{r['cached_s_per_image']:.2f} | {r['cached_ms_per_step']:.1f} | {r['cached_tok_per_s']:.1f} | "
+              f"{r['cached_compile_s']:.1f} | "
               f"{rec_s} | {fmt(r['recompute_tok_per_s'], '.2f')} | {speed} | {r.get('tokens_equal', '-')} |")
     for r in rows:
         print(f"KV cache ({r['preset']}, batch 8, float32): self-attention {r['kv_self_bytes_batch8'] / 2**30:.2f} GiB, "
               f"cross-attention K/V {r['kv_cross_bytes_batch8'] / 2**30:.2f} GiB")
-    print(json.dumps(dict(backend=jax.default_backend(), device_kind=dev.device_kind, batch=args.batch,
-                          hole=args.hole, top_k=args.top_k, results=rows)))
+    print(json.dumps(dict(backend=jax.default_backend(), device_kind=dev.device_kind, devices=jax.device_count(),
+                          cpu_count=os.cpu_count(), jax=jax.__version__, batch=args.batch, hole=args.hole,
+                          top_k=args.top_k, reps=args.reps, matmul_precision=str(jax.config.jax_default_matmul_precision),
+                          results=rows)))
 
 
 if __name__ == "__main__":

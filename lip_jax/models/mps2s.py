@@ -30,6 +30,7 @@ Logical axis names used by the parameters (for a MaxText-style sharding rule tab
 from __future__ import annotations
 
 import dataclasses
+import functools
 from itertools import cycle, islice
 from typing import Any, Mapping
 
@@ -39,6 +40,7 @@ import numpy as np
 from flax import linen as nn
 
 from lip_jax.models.clip import ClipText, config_from_any, dense, layer_norm, part
+from lip_jax.train.partitioning import constrain_batch
 
 PRESETS: dict[str, dict] = {
     # config/mps4cc/base.py and config/mps4coco/base.py (identical model hyper-parameters).
@@ -92,7 +94,12 @@ class MPSConfig:
     # "torch": the official NCHW `.view(B, -1, dim)` of the patch conv (channels and positions
     # interleaved; the released weights need it). "clean": one row per patch.
     pth_layout: str = "torch"
+    # Compute dtype of matmuls / convolutions ("float32" or "bfloat16"); parameters, LayerNorm,
+    # softmax, the residual stream and the logits stay float32.
     dtype: str = "float32"
+    # Per-layer rematerialisation of every transformer block (REMAT_POLICIES); the official
+    # training checkpointed each layer (mpu.checkpoint), i.e. "full".
+    remat: str = "none"
 
     def __post_init__(self):
         object.__setattr__(self, "attn_types_dec", _as_tuple(self.attn_types_dec))
@@ -109,6 +116,10 @@ class MPSConfig:
             raise ValueError(f"pth_layout must be 'torch' or 'clean', got {self.pth_layout!r}")
         if self.kernel_size < 1:
             raise ValueError(f"kernel_size must be >= 1, got {self.kernel_size}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {self.remat!r}")
 
     @classmethod
     def from_any(cls, cfg: "MPSConfig | Mapping | str") -> "MPSConfig":
@@ -143,6 +154,15 @@ class MPSConfig:
 
     def dec_layer_types(self) -> tuple[str, ...]:
         return tuple(islice(cycle(self.attn_types_dec), self.dec_depth))
+
+
+# What a rematerialised block keeps from its forward pass (the rest is recomputed in the backward).
+REMAT_POLICIES: dict[str, Any] = {
+    "none": None,                                                        # no remat
+    "full": jax.checkpoint_policies.nothing_saveable,                    # only the block input
+    "dots": jax.checkpoint_policies.checkpoint_dots,                     # every matmul output
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # projections, not QK/AV
+}
 
 
 def _as_tuple(v) -> tuple:
@@ -205,12 +225,40 @@ class Attention(nn.Module):
         q = self.q_linear(x).reshape(b, nq, h, dh)
         k = k.reshape(b, k.shape[1], h, dh)
         v = v.reshape(b, v.shape[1], h, dh)
-        logits = (jnp.einsum("bqhd,bkhd->bhqk", q, k) * dh ** -0.5).astype(jnp.float32)
+        q, k, v = constrain_batch((q, k, v))
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * dh ** -0.5
         if allowed is not None:
             logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
         attn = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
         out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, nq, h * dh)
         return self.drop(self.to_out(out), deterministic=deterministic)
+
+
+    def attend(self, x, parts):
+        """Cached decoding (no dropout): one softmax over several key/value sets, parts =
+        [(k [B, H, dh, K], v [B, H, K, dh], allowed broadcastable to [B, H, Q, K] or None), ...].
+        These layouts feed XLA's batched matmuls directly: with [B, K, inner] caches XLA:CPU
+        transposed every cache at every step."""
+        b, nq, _ = x.shape
+        h, dh = self.heads, self.dim_head
+        q = self.q_linear(x).reshape(b, nq, h, dh).transpose(0, 2, 1, 3)
+        logits = []
+        for k, _, allowed in parts:
+            lg = jnp.einsum("bhqd,bhdk->bhqk", q, k, preferred_element_type=jnp.float32) * dh ** -0.5
+            logits.append(lg if allowed is None else jnp.where(allowed, lg, jnp.finfo(jnp.float32).min))
+        m = functools.reduce(jnp.maximum, [jnp.max(lg, axis=-1, keepdims=True) for lg in logits])
+        e = [jnp.exp(lg - m) for lg in logits]
+        denom = functools.reduce(jnp.add, [jnp.sum(p, axis=-1, keepdims=True) for p in e])
+        out = functools.reduce(jnp.add, [jnp.einsum("bhqk,bhkd->bhqd", (p / denom).astype(v.dtype), v)
+                                         for p, (_, v, _) in zip(e, parts)])
+        return self.to_out(out.transpose(0, 2, 1, 3).reshape(b, nq, h * dh))
+
+
+def kv_heads(k, v, heads: int):
+    """Keys/values [B, K, inner] -> the decoding layouts k [B, H, dh, K], v [B, H, K, dh]."""
+    b, n, inner = k.shape
+    k = k.reshape(b, n, heads, inner // heads).transpose(0, 2, 3, 1)
+    return k, v.reshape(b, n, heads, inner // heads).transpose(0, 2, 1, 3)
 
 
 class LayerScale(nn.Module):
@@ -234,7 +282,7 @@ class FeedForward(nn.Module):
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
-        h = dense(self.dim * self.mult * 2, ("embed", "mlp"), "dense_h_to_8h", dtype=self.dtype)(x)
+        h = constrain_batch(dense(self.dim * self.mult * 2, ("embed", "mlp"), "dense_h_to_8h", dtype=self.dtype)(x))
         val, gate = jnp.split(h, 2, axis=-1)
         h = nn.Dropout(self.dropout)(val * jax.nn.gelu(gate, approximate=False), deterministic=deterministic)
         return dense(self.dim, ("mlp", "embed"), "dense_4h_to_h", dtype=self.dtype)(h)
@@ -265,36 +313,55 @@ class Block(nn.Module):
         return self.attention_cond.kv(cond)
 
     def __call__(self, x, allowed, cross_kv=None, cache=None, deterministic: bool = True):
-        """Full sequence (cache=None) or a chunk written into `cache` = (k, v, start, valid).
+        """Full sequence (cache=None) or a decoding chunk with `cache` = (k, v, start, valid).
 
-        cache k/v [B, T, inner]; the chunk x [B, C, dim] occupies positions start[b] + [0, C), and
-        only slots with valid[b, i] are written. Returns (x, new (k, v) or None).
+        Decoding: cache k [B, H, dh, T], v [B, H, T, dh] and cross_kv in the same layouts (kv_heads);
+        the chunk x [B, C, dim] occupies positions start[b] + [0, C) and slots with valid[b, i] are
+        written; allowed = (mask over the cache, mask over the chunk). Returns (x, new (k, v) or None).
         """
+        x = constrain_batch(x)  # activations stay batch-parallel under FSDP (no-op without a mesh)
         h = self.atten_norm(x)
         k, v = self.attention.kv(h)
         new_cache = None
         if cache is not None:
             ck, cv, start, valid = cache
-            k, v = _write(ck, k, start, valid), _write(cv, v, start, valid)
-            new_cache = (k, v)
-        x = x + self.attention_scale(self.attention(h, k, v, allowed, deterministic))
-        if self.cross:
+            k, v = kv_heads(k, v, self.cfg.heads)
+            att = self.attention.attend(h, [(ck, cv, allowed[0]), (k, v, allowed[1])])
+            # The write depends on `att` (the test is always true for finite values) so XLA orders the
+            # in-place update after the reads of the old cache instead of copying the cache.
+            total = jnp.sum(att)
+            valid = valid & (total == total)
+            new_cache = (_write(ck, k, start, valid, 3), _write(cv, v, start, valid, 2))
+        else:
+            att = self.attention(h, k, v, allowed, deterministic)
+        x = x + self.attention_scale(att)
+        if self.cross and cache is not None:
+            cond = self.attention_cond.attend(self.atten_norm_cond(x), [(*cross_kv, None)])
+            x = x + self.attention_scale_cond(cond)
+        elif self.cross:
             ck, cv = cross_kv
             x = x + self.attention_scale_cond(
                 self.attention_cond(self.atten_norm_cond(x), ck, cv, None, deterministic))
         x = x + self.ff_scale(self.ff(self.ff_norm(x), deterministic))
-        return x, new_cache
+        return constrain_batch(x), new_cache
 
 
-def _write(cache, new, start, valid):
-    """cache[b, start[b] + i] = new[b, i] where valid[b, i], via one contiguous slice per row."""
-    c = new.shape[1]
+def _write(cache, new, start, valid, axis: int):
+    """cache[b, ..., start[b] + i (on `axis`), ...] = new[b, ..., i, ...] where valid[b, i]
+    (cache and new [B, H, ., .], axis 2 or 3); invalid slots are dropped, not read back."""
+    b, c = valid.shape
+    pos = jnp.where(valid, start[:, None] + jnp.arange(c), cache.shape[axis])  # out of range: dropped
+    new = jnp.moveaxis(new, axis, 1).astype(cache.dtype)  # [B, C, H, .]
+    idx = (jnp.arange(b)[:, None],) + (slice(None),) * (axis - 1) + (pos,)
+    return cache.at[idx].set(new, mode="drop")
 
-    def row(cache_b, new_b, s, ok):
-        old = jax.lax.dynamic_slice_in_dim(cache_b, s, c, axis=0)
-        return jax.lax.dynamic_update_slice_in_dim(cache_b, jnp.where(ok[:, None], new_b, old), s, axis=0)
 
-    return jax.vmap(row)(cache, new.astype(cache.dtype), start, valid)
+def block_class(remat: str):
+    """Block, or Block rematerialised under a REMAT_POLICIES policy (same parameter names).
+    Argument 5 of __call__ (counting self), `deterministic`, is static."""
+    if remat == "none":
+        return Block
+    return nn.remat(Block, policy=REMAT_POLICIES[remat], static_argnums=(5,), prevent_cse=True)
 
 
 class Transformer(nn.Module):
@@ -303,7 +370,8 @@ class Transformer(nn.Module):
     cross: bool
 
     def setup(self):
-        self.layers = [Block(self.cfg, i + 1, self.cross, name=f"layers_{i}") for i in range(self.depth)]
+        block = block_class(self.cfg.remat)
+        self.layers = [block(self.cfg, i + 1, self.cross, name=f"layers_{i}") for i in range(self.depth)]
 
     def __call__(self, x, allowed=None, cross_kv=None, deterministic: bool = True):
         """allowed: None or a list of per-layer masks; cross_kv: per-layer (k, v) or None."""
@@ -388,7 +456,7 @@ class MPS2S(nn.Module):
         b = x.shape[0]
         if c.pth_layout == "torch":  # reproduce NCHW .view(B, -1, dim) of the official code
             x = jnp.transpose(x, (0, 3, 1, 2))
-        x = x.reshape(b, -1, c.dim) + self.image_pos_emb_vit()
+        x = constrain_batch(x.reshape(b, -1, c.dim) + self.image_pos_emb_vit())
         return self.transformer_pth(x, None, None, deterministic)
 
     def encode(self, tokens, token_mask, image, text_ids, deterministic: bool = True):
@@ -396,11 +464,11 @@ class MPS2S(nn.Module):
         b, n = tokens.shape
         positions = jnp.broadcast_to(jnp.arange(n), (b, n))
         emb = self.token_embed(tokens, positions)  # position added before the mask is mixed in
-        tokens_enc = jnp.where(token_mask[..., None], self.image_msk_emb, emb)
+        tokens_enc = constrain_batch(jnp.where(token_mask[..., None], self.image_msk_emb, emb))
         enc_out = self.transformer_enc(tokens_enc, None, None, deterministic)
         pth_out = self.pixel_view(image, deterministic)
         text = self.encoder(text_ids)
-        return jnp.concatenate([enc_out, pth_out, text.astype(enc_out.dtype)], axis=1)
+        return constrain_batch(jnp.concatenate([enc_out, pth_out, text.astype(enc_out.dtype)], axis=1))
 
     def decoder_inputs(self, tokens, token_mask, seq_pos):
         """Decoder input at sequence positions seq_pos [B, C]: BOS at 0, else grid token p - 1's
@@ -409,14 +477,15 @@ class MPS2S(nn.Module):
         g = jnp.clip(seq_pos - 1, 0, n - 1)
         tok = jnp.take_along_axis(tokens, g, axis=1)
         hole = jnp.take_along_axis(token_mask, g, axis=1)
-        x = jnp.where(hole[..., None], self.token_embed(tok, g), self.image_msk_emb)
-        return jnp.where((seq_pos == 0)[..., None], self.image_bos_emb, x)
+        # gathers lose the batch split under FSDP (the plan measured [B_global * N, dim] here)
+        x = jnp.where(hole[..., None], constrain_batch(self.token_embed(tok, g)), self.image_msk_emb)
+        return constrain_batch(jnp.where((seq_pos == 0)[..., None], self.image_bos_emb, x))
 
     def cross_kv(self, cond):
         return self.transformer_dec.cross_kv(cond)
 
     def logits_head(self, h):
-        return self.to_logits_img_1(self.to_logits_img_0(h)).astype(jnp.float32)
+        return constrain_batch(self.to_logits_img_1(self.to_logits_img_0(h)).astype(jnp.float32))
 
     # -- teacher-forced forward -----------------------------------------------------------------------
     def __call__(self, tokens, token_mask, image, text_ids, deterministic: bool = True):
@@ -434,14 +503,19 @@ class MPS2S(nn.Module):
 
     # -- cached decoding ------------------------------------------------------------------------------
     def decode_chunk(self, tokens, token_mask, seq_pos, valid, query_index, cross_kv, caches):
-        """Run decoder positions seq_pos [B, C] (contiguous per row, from seq_pos[:, 0]) against the
-        self-attention caches; returns logits [B, vocab] at chunk index query_index [B] and new caches."""
+        """Run decoder positions seq_pos [B, C] (contiguous per row, from seq_pos[:, 0]; slots with
+        valid[b, i] are new, the cache holds every earlier position) against the self-attention
+        caches (k [B, H, dh, T], v [B, H, T, dh]) and cross_kv (kv_heads layouts); returns logits
+        [B, vocab] at chunk index query_index [B] and the new caches."""
         c = self.cfg
         x = self.decoder_inputs(tokens, token_mask, seq_pos)
-        t = caches[0][0].shape[1]
+        t = caches[0][1].shape[2]
         kp = jnp.arange(t)[None, None, :]
         qp = seq_pos[:, :, None]
-        masks = {ty: decoder_allowed(qp, kp, ty, c.grid, c.kernel_size)[:, None] for ty in set(c.attn_types_dec)}
+        first = jnp.min(jnp.where(valid, seq_pos, t), axis=1)[:, None, None]  # cache slots >= first are stale
+        allow = lambda k, ty: decoder_allowed(qp, k, ty, c.grid, c.kernel_size)  # noqa: E731
+        masks = {ty: ((allow(kp, ty) & (kp < first))[:, None],
+                      (allow(seq_pos[:, None, :], ty) & valid[:, None, :])[:, None]) for ty in set(c.attn_types_dec)}
         allowed = [masks[ty] for ty in c.dec_layer_types()]
         x, caches = self.transformer_dec.chunk(x, allowed, cross_kv, caches, seq_pos[:, 0], valid)
         h = jnp.take_along_axis(x, query_index[:, None, None], axis=1)[:, 0]

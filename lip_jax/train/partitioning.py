@@ -119,6 +119,27 @@ def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
     return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
 
 
+def constrain_batch(tree):
+    """Pin the leading (batch) dimension of every array over data x fsdp inside a jitted step
+    (the other dimensions are left to XLA, e.g. a Megatron split over `tensor`).
+
+    XLA's sharding propagation loses the batch split through loops (the gradient-accumulation
+    scan) and may trade it for the parameters' FSDP split, replicating activations: this keeps
+    activations batch-parallel. A no-op outside a mesh with these axes or for indivisible batches.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not {"data", "fsdp"} <= set(mesh.axis_names):
+        return tree
+    size = mesh.shape["data"] * mesh.shape["fsdp"]
+
+    def one(x):
+        if size == 1 or not hasattr(x, "ndim") or x.ndim == 0 or x.shape[0] % size:
+            return x
+        return jax.lax.with_sharding_constraint(x, P(("data", "fsdp"), *([P.UNCONSTRAINED] * (x.ndim - 1))))
+
+    return jax.tree_util.tree_map(one, tree)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from lip_jax.models import dfvqgan, mps2s
+from lip_jax.train.partitioning import constrain_batch
 
 
 @flax.struct.dataclass
@@ -95,17 +96,23 @@ def make_train_step(cfg):
 
     def step(state: State, vq_params, batch: dict):
         rng, k = jax.random.split(state.rng)
-        micro = jax.tree_util.tree_map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
+        keys = jax.random.split(k, accum)
+        if accum == 1:
+            (total, (holes, correct)), grads = grad_fn(state.params, vq_params, constrain_batch(batch), keys[0])
+        else:
+            # Microbatch i = examples i, i + accum, ...: each device's batch shard splits evenly
+            # into the microbatches, so no example moves between devices.
+            micro = jax.tree_util.tree_map(
+                lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1), batch)
 
-        def body(carry, inputs):
-            grads, total, holes, correct = carry
-            mb, key = inputs
-            (s, (h, c)), g = grad_fn(state.params, vq_params, mb, key)
-            return (jax.tree_util.tree_map(jnp.add, grads, g), total + s, holes + h, correct + c), None
+            def body(carry, inputs):
+                grads, total, holes, correct = carry
+                mb, key = inputs
+                (s, (h, c)), g = grad_fn(state.params, vq_params, constrain_batch(mb), key)
+                return (jax.tree_util.tree_map(jnp.add, grads, g), total + s, holes + h, correct + c), None
 
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
-        (grads, total, holes, correct), _ = jax.lax.scan(
-            body, (zeros, 0.0, 0.0, 0.0), (micro, jax.random.split(k, accum)))
+            zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+            (grads, total, holes, correct), _ = jax.lax.scan(body, (zeros, 0.0, 0.0, 0.0), (micro, keys))
         denom = jnp.maximum(holes, 1.0)
         grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
         loss = total / denom

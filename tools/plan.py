@@ -1,0 +1,515 @@
+"""Memory / compute plans of the official recipes on simulated pods, without a pod.
+
+    python tools/plan.py --recipe all --devices 8,64
+    python tools/plan.py --recipe mps_cc --devices 64 --meshes data=-1 fsdp=-1 fsdp=-1,tensor=4
+    python tools/plan.py --recipe mps_cc --devices 8 --set mps.remat=none --meshes fsdp=-1
+
+For each recipe, device count and mesh shape, the REAL step is lowered and compiled ahead of time
+(`jax.jit(step, in_shardings, out_shardings, donate_argnums=0).lower(abstract args).compile()`) on a
+CPU backend simulating N devices (`--xla_force_host_platform_device_count=N`, one subprocess per N:
+the count is fixed when JAX starts). Abstract arguments are ShapeDtypeStructs carrying the shardings
+of lip_jax.train.partitioning (the trainer's `abstract_state`), so nothing is allocated.
+
+  stage1    configs/dfvqgan_imagenet.py: DF-VQGAN 256 px generator + discriminator step (the larger,
+            discriminator-on variant), LPIPS as a replicated input (the trainer closes over it)
+  mps_cc    configs/mps_cc.py: MP-S2S pre-training step (frozen DF-VQGAN targets, CLIP text tower)
+  mps_coco  configs/mps_coco.py: fine-tuning; the same program as mps_cc when the model, optimizer
+            and batch agree (then reported from the mps_cc compile, not compiled twice)
+  sample    lip_jax.sample.sample_tokens (KV-cached) at the mps_cc model with K candidates
+
+Per device: memory from `compiled.memory_analysis()` (arguments, outputs, temporaries; the peak is
+estimated as arguments + outputs - donated aliases + temporaries), FLOPs from `cost_analysis()`,
+collective bytes parsed from the compiled HLO (operand bytes of all-reduce / all-gather /
+reduce-scatter / all-to-all / collective-permute, times the trip count of enclosing while loops when
+XLA knows it). These are CPU-compiler estimates of what a TPU / GPU compile would do (different
+fusion, scheduling and layouts), good for which layout fits, not for the last GiB.
+
+Batch per device: stage 1 6 (the config's 48 per 8-GPU host; the official README launch uses 8,
+`--batch-per-device 8`), stage 2 8 (official `run.sh -ltbs 8`); inference 1 image (official
+`local_eval_batch_size` 1) x K = 2 candidates (`sample_K`). The global batch is per-device x
+devices, so a `tensor` axis of size t gives each tensor group t x the examples.
+
+Prints a Markdown table and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+GiB = 1024 ** 3
+CAPACITIES = (("v5e", 16), ("v4", 32), ("H100", 80))
+RECIPES = ("stage1", "mps_cc", "mps_coco", "sample")
+CONFIGS = {"stage1": "configs/dfvqgan_imagenet.py", "mps_cc": "configs/mps_cc.py",
+           "mps_coco": "configs/mps_coco.py", "sample": "configs/mps_cc.py"}
+# The tensor axis splits nothing in the convolutional stage 1 (the rule table splits conv output
+# channels over fsdp only), so its meshes are data and FSDP (and a hybrid).
+DEFAULT_MESHES = {
+    "stage1": ("data=-1", "fsdp=-1"),
+    "mps_cc": ("data=-1", "fsdp=-1", "fsdp=-1,tensor=4"),
+    "mps_coco": ("data=-1", "fsdp=-1", "fsdp=-1,tensor=4"),
+    "sample": ("data=-1", "fsdp=-1,tensor=4"),
+}
+# Code generation quality is irrelevant here: LLVM at -O0 and the classic fusion emitters cut CPU
+# compile time 2-4x and leave buffer assignment (memory_analysis) unchanged. The CPU pipeline
+# expands optimization barriers before CSE, which merges rematerialised forward passes back into
+# the original ones (remat would save nothing); GPU / TPU expand them late, so keep them here too.
+COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
+                    "xla_cpu_use_fusion_emitters": False, "xla_cpu_enable_concurrency_optimized_scheduler": False,
+                    "xla_disable_hlo_passes": "cse_barrier_expander"}
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
+               "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+
+
+# --- HLO text analysis ------------------------------------------------------------------------------
+
+_SHAPE = re.compile(r"\b(pred|[suf]\d+|bf16|c64|c128)\[([\d,]*)\]")
+_HEADER = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s*\(.*\)\s*->.*\{\s*$")
+_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([\w\-]+)\((.*)$")
+
+
+def _shape_bytes(text: str) -> int:
+    return sum(DTYPE_BYTES[d] * math.prod(int(x) for x in dims.split(",") if x) for d, dims in _SHAPE.findall(text))
+
+
+def _split_operands(rest: str) -> str:
+    """The operand list of an instruction: `rest` up to the parenthesis closing the call."""
+    depth = 1
+    for i, ch in enumerate(rest):
+        depth += ch == "("
+        depth -= ch == ")"
+        if depth == 0:
+            return rest[:i]
+    return rest
+
+
+def parse_hlo(text: str) -> dict:
+    """Collective operand bytes per kind (loop trip counts applied where known) and the largest
+    non-parameter array, from compiled (post-SPMD-partitioning, per-device) HLO text."""
+    comps: dict[str, list] = {}
+    entry, cur = None, None
+    for line in text.splitlines():
+        m = _HEADER.match(line)
+        if m:
+            cur = m.group(2)
+            comps[cur] = []
+            if m.group(1):
+                entry = cur
+            continue
+        if cur is not None and line.strip() == "}":
+            cur = None
+            continue
+        if cur is not None:
+            comps[cur].append(line)
+
+    shapes = {}  # instruction name -> result type (names are unique in a module)
+    for lines in comps.values():
+        for line in lines:
+            m = _INSTR.match(line)
+            if m:
+                shapes[m.group(1)] = m.group(2)
+
+    def operand_bytes(rest):
+        ops = _split_operands(rest)
+        named = re.findall(r"%([\w.\-]+)", ops)
+        return sum(_shape_bytes(shapes.get(n, "")) for n in named) if named else _shape_bytes(ops)
+
+    calls: dict[str, list] = collections.defaultdict(list)
+    local: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    unknown_loops = 0
+    largest = (0, "", "")
+    for name, lines in comps.items():
+        for line in lines:
+            m = _INSTR.match(line)
+            if not m:
+                continue
+            result, op, rest = m.group(2), m.group(3), m.group(4)
+            base = op[:-len("-start")] if op.endswith("-start") else op
+            if base in COLLECTIVES:
+                local[name][base] += operand_bytes(rest)
+            if op == "while":
+                body = re.search(r"body=%?([\w.\-]+)", line)
+                trip = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
+                if not trip:
+                    unknown_loops += 1
+                if body:
+                    calls[name].append((body.group(1), int(trip.group(1)) if trip else 1))
+            else:
+                for key in ("to_apply", "calls", "true_computation", "false_computation"):
+                    for callee in re.findall(key + r"=%?([\w.\-]+)", line):
+                        calls[name].append((callee, 1))
+                bc = re.search(r"branch_computations=\{([^}]*)\}", line)
+                if bc:
+                    calls[name].extend((c.strip().lstrip("%"), 1) for c in bc.group(1).split(","))
+            if op not in ("parameter", "get-tuple-element", "tuple", "bitcast", "constant") and "fused" not in name:
+                size = _shape_bytes(result)
+                if not result.startswith("(") and size > largest[0]:
+                    meta = re.search(r'op_name="([^"]*)"', line)
+                    largest = (size, result.split("{")[0], (meta.group(1) if meta else op))
+
+    totals: collections.Counter = collections.Counter()
+
+    def walk(name, mult, depth=0):
+        if depth > 64:
+            return
+        for kind, b in local.get(name, {}).items():
+            totals[kind] += b * mult
+        for callee, n in calls.get(name, ()):
+            walk(callee, mult * n, depth + 1)
+
+    if entry:
+        walk(entry, 1)
+    return {"collectives": dict(totals), "unknown_trip_loops": unknown_loops,
+            "largest": {"bytes": largest[0], "shape": largest[1], "op": _short_op(largest[2])}}
+
+
+def _short_op(op_name: str) -> str:
+    """Keep the informative tail of a jax op_name (module path and primitive)."""
+    parts = [p for p in op_name.split("/") if p and not p.startswith(("jit(", "jvp(", "transpose(", "checkpoint"))]
+    return "/".join(parts[-4:])
+
+
+# --- one device count (worker) ---------------------------------------------------------------------
+
+def parse_mesh(spec: str) -> dict:
+    out = {}
+    for part in spec.split(","):
+        k, v = part.split("=")
+        out[k.strip()] = int(v)
+    return out
+
+
+def _overrides(config, sets):
+    for s in sets:
+        key, value = s.split("=", 1)
+        node = config
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        old = node[last]
+        node[last] = type(old)(value) if not isinstance(old, bool) else value.lower() in ("1", "true", "yes")
+    return config
+
+
+def _stage1(config, mesh, per_device):
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from lip_jax.models import lpips
+    from lip_jax.train import partitioning, stage1
+    from lip_jax.train.trainer import abstract_state
+
+    task = type("T", (), {"init_boxed_state": staticmethod(lambda rng: stage1.init_boxed_state(config, rng))})
+    state, state_sh = abstract_state(task, mesh)
+    net = lpips.LPIPS()
+    lp = nn.unbox(jax.eval_shape(lambda: lpips.init_params(net, jax.random.key(0))))
+    n = per_device * mesh.size
+    r = config.vqgan.resolution
+    batch = {"image": jax.ShapeDtypeStruct((n, r, r, 3), jnp.float32),
+             "mask": jax.ShapeDtypeStruct((n, r, r), jnp.bool_),
+             "decoder_none": jax.ShapeDtypeStruct((n,), jnp.bool_)}
+
+    def step(state, lp, batch):  # the trainer's step; LPIPS weights as an argument, not constants
+        return stage1.make_train_step(config, stage1.lpips_distance(config, lp), True)(state, batch)
+
+    rep = partitioning.replicated(mesh)
+    batch_sh = {k: partitioning.batch_sharding(mesh, len(v.shape)) for k, v in batch.items()}
+    fn = jax.jit(step, in_shardings=(state_sh, rep, batch_sh), out_shardings=(state_sh, rep), donate_argnums=0)
+    return fn, (state, lp, batch), {"global_batch": n}
+
+
+def _stage2(config, mesh, per_device):
+    import jax
+    import jax.numpy as jnp
+
+    from lip_jax.convert.dfvqgan import param_template
+    from lip_jax.train import partitioning, stage2
+    from lip_jax.train.trainer import abstract_state
+
+    task = type("T", (), {"init_boxed_state": staticmethod(lambda rng: stage2.init_boxed_state(config, rng))})
+    state, state_sh = abstract_state(task, mesh)
+    vq = param_template(config.vqgan)
+    mcfg = stage2.mps_config(config)
+    n = per_device * mesh.size
+    r = mcfg.img_size
+    batch = {"image": jax.ShapeDtypeStruct((n, r, r, 3), jnp.float32),
+             "mask": jax.ShapeDtypeStruct((n, r, r), jnp.bool_),
+             "masked_image": jax.ShapeDtypeStruct((n, r, r, 3), jnp.float32),
+             "text_ids": jax.ShapeDtypeStruct((n, mcfg.text_len), jnp.int32)}
+    rep = partitioning.replicated(mesh)
+    batch_sh = {k: partitioning.batch_sharding(mesh, len(v.shape)) for k, v in batch.items()}
+    fn = jax.jit(stage2.make_train_step(config), in_shardings=(state_sh, rep, batch_sh),
+                 out_shardings=(state_sh, rep), donate_argnums=0)
+    return fn, (state, vq, batch), {"global_batch": n}
+
+
+def _sample(config, mesh, per_device, num_samples):
+    import jax
+    import jax.numpy as jnp
+
+    from lip_jax import sample
+    from lip_jax.models import mps2s
+    from lip_jax.train import partitioning
+
+    mcfg = mps2s.MPSConfig.from_any(config.mps)
+    boxed = jax.eval_shape(lambda r: mps2s._init_boxed(mcfg, r, 1), jax.random.key(0))
+    params_sh, _ = partitioning.param_shardings(boxed, mesh)
+    import flax.linen as nn
+    params = nn.unbox(boxed)
+    n = per_device * mesh.size
+    r = mcfg.img_size
+    inputs = {"tokens": jax.ShapeDtypeStruct((n, mcfg.num_tokens), jnp.int32),
+              "token_mask": jax.ShapeDtypeStruct((n, mcfg.num_tokens), jnp.bool_),
+              "image": jax.ShapeDtypeStruct((n, r, r, 3), jnp.float32),
+              "text_ids": jax.ShapeDtypeStruct((n, mcfg.text_len), jnp.int32)}
+    s = config.sample
+
+    def run(params, inputs, rng):
+        return sample.sample_tokens(params, mcfg, rng=rng, num_samples=num_samples, top_k=s.top_k,
+                                    temperature=s.temperature, **inputs)
+
+    rep = partitioning.replicated(mesh)
+    in_sh = {k: partitioning.batch_sharding(mesh, len(v.shape)) for k, v in inputs.items()}
+    fn = jax.jit(run, in_shardings=(params_sh, in_sh, rep), out_shardings=partitioning.batch_sharding(mesh, 2))
+    rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    return fn, (params, inputs, rng), {"global_batch": n, "candidates": num_samples}
+
+
+def _signature(config) -> str:
+    """What determines the stage-2 training program (model, frozen VQGAN, optimizer, step)."""
+    return json.dumps({k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
+                       for k in ("mps", "vqgan")} | {"train": {k: v for k, v in config.train.items()
+                                                               if k not in ("init_ckpt", "log_every", "save_every",
+                                                                            "sample_every", "keep")}},
+                      sort_keys=True, default=str)
+
+
+def plan_one(recipe, config, mesh_spec, devices, args) -> dict:
+    import jax
+    from lip_jax.train import partitioning
+
+    mesh_shape = parse_mesh(mesh_spec)
+    row = {"recipe": recipe, "devices": devices, "mesh_spec": mesh_spec}
+    try:
+        mesh = partitioning.make_mesh(mesh_shape)
+    except ValueError as e:
+        return row | {"error": str(e)}
+    row["mesh"] = "x".join(f"{a}{mesh.shape[a]}" for a in partitioning.MESH_AXES if mesh.shape[a] > 1) or "single"
+    t0 = time.time()
+    with jax.set_mesh(mesh):
+        per_device = args.batch_per_device or (6 if recipe == "stage1" else 8)
+        if recipe == "stage1":
+            fn, abstract, info = _stage1(config, mesh, per_device)
+        elif recipe == "sample":
+            fn, abstract, info = _sample(config, mesh, args.images_per_device, args.samples)
+        else:
+            fn, abstract, info = _stage2(config, mesh, per_device)
+            mc = config.mps
+            info |= {"remat": mc.get("remat", "none"), "dtype": mc.get("dtype", "float32"),
+                     "grad_accum": int(config.train.get("grad_accum", 1))}
+        lowered = fn.lower(*abstract)
+        t_lower = time.time() - t0
+        compiled = lowered.compile(compiler_options=COMPILER_OPTIONS)
+    t_compile = time.time() - t0 - t_lower
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    hlo = parse_hlo(compiled.as_text())
+    peak = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
+    return row | info | {
+        "argument_bytes": mem.argument_size_in_bytes, "output_bytes": mem.output_size_in_bytes,
+        "alias_bytes": mem.alias_size_in_bytes, "temp_bytes": mem.temp_size_in_bytes, "peak_bytes": peak,
+        "flops_per_device": float(cost.get("flops", 0.0)),
+        "collective_bytes": hlo["collectives"], "collective_total_bytes": sum(hlo["collectives"].values()),
+        "unknown_trip_loops": hlo["unknown_trip_loops"], "largest": hlo["largest"],
+        "fits": {name: peak <= cap * GiB for name, cap in CAPACITIES},
+        "lower_s": round(t_lower, 1), "compile_s": round(t_compile, 1)}
+
+
+def worker(args) -> None:
+    import jax
+
+    from lip_jax.cli import load_config
+
+    devices = jax.device_count()
+    seen: dict[str, dict] = {}
+    for recipe in args.recipes:
+        config = _overrides(load_config(os.path.join(REPO, CONFIGS[recipe])), args.set)
+        meshes = [m for m in (args.meshes or DEFAULT_MESHES[recipe]) if m not in args.skip_mesh]
+        for spec in meshes:
+            key = None
+            if recipe in ("mps_cc", "mps_coco"):
+                key = (_signature(config), spec)
+                if key in seen:  # identical program: report it, do not compile it again
+                    row = dict(seen[key], recipe=recipe, same_as=seen[key]["recipe"])
+                    print("PLAN " + json.dumps(row), flush=True)
+                    continue
+            try:
+                row = plan_one(recipe, config, spec, devices, args)
+            except Exception as e:  # a layout that fails to compile is a result, not a crash
+                row = {"recipe": recipe, "devices": devices, "mesh_spec": spec,
+                       "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+            if key is not None and "error" not in row:
+                seen[key] = row
+            print("PLAN " + json.dumps(row), flush=True)
+
+
+# --- driver -----------------------------------------------------------------------------------------
+
+def _gib(b) -> str:
+    return f"{b / GiB:.2f}"
+
+
+def _flops(f) -> str:
+    return f"{f / 1e12:.2f}" if f >= 1e10 else f"{f / 1e9:.3f}G"
+
+
+def markdown(rows) -> str:
+    head = ("| recipe | devices | mesh | batch | args GiB | out GiB | temp GiB | peak GiB | TFLOP/dev | "
+            "coll. GiB/dev | fits 16/32/80 | largest temporary | compile s |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['recipe']} | {r['devices']} | {r.get('mesh', r['mesh_spec'])} | | | | | | | | "
+                         f"error: {r['error'][:80]} | | |")
+            continue
+        fits = "/".join("yes" if r["fits"][n] else "no" for n, _ in CAPACITIES)
+        batch = str(r["global_batch"]) + (f"x{r['candidates']}" if "candidates" in r else "")
+        if r.get("remat"):
+            batch += f" ({r['remat']}, {r['dtype']}" + (f", accum {r['grad_accum']}" if r["grad_accum"] > 1 else "") + ")"
+        lg = r["largest"]
+        largest = f"{lg['shape']} {lg['op']}" if lg["bytes"] else ""
+        comp = "same as " + r["same_as"] if r.get("same_as") else f"{r['compile_s']:.0f}"
+        lines.append(f"| {r['recipe']} | {r['devices']} | {r['mesh']} | {batch} | {_gib(r['argument_bytes'])} | "
+                     f"{_gib(r['output_bytes'])} | {_gib(r['temp_bytes'])} | {_gib(r['peak_bytes'])} | "
+                     f"{r['flops_per_device'] / 1e12:.2f} | {_gib(r['collective_total_bytes'])} | {fits} | "
+                     f"`{largest}` ({_gib(lg['bytes'])} GiB) | {comp} |")
+    return "\n".join(lines)
+
+
+def _reuse_pure_data(rows, counts):
+    """Pure data parallelism runs the same per-device program on any device count (replicated
+    state, the same per-device batch; only the all-reduce group grows), so it is compiled at the
+    first count only and reported for the others."""
+    out = list(rows)
+    for r in rows:
+        if r["mesh_spec"] == "data=-1" and r["devices"] == counts[0] and "error" not in r:
+            for n in counts[1:]:
+                out.append(dict(r, devices=n, mesh=f"data{n}", same_as=f"data{counts[0]}",
+                                global_batch=r["global_batch"] // counts[0] * n))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--recipe", default="all", help=f"all or a comma list of {','.join(RECIPES)}")
+    p.add_argument("--devices", default="8,64", help="comma list of simulated device counts")
+    p.add_argument("--meshes", nargs="+", default=None,
+                   help="mesh shapes like data=-1 fsdp=-1 fsdp=-1,tensor=4 (default: per recipe)")
+    p.add_argument("--batch-per-device", type=int, default=0,
+                   help="training examples per device (default: stage 1 6 = the config's 48 per 8-GPU host, "
+                        "stage 2 8 = the official launches' -ltbs 8)")
+    p.add_argument("--images-per-device", type=int, default=1, help="inference images per device (official 1)")
+    p.add_argument("--samples", type=int, default=2, help="inference candidates K (official sample_K 2)")
+    p.add_argument("--set", action="append", default=[], help="config override key=value (e.g. mps.remat=none)")
+    p.add_argument("--jobs", type=int, default=2, help="compile processes side by side")
+    p.add_argument("--merge", nargs="+", default=None, metavar="OUT",
+                   help="print one table from the outputs (final JSON lines) of earlier runs")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--skip-mesh", action="append", default=[], help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.recipes = list(RECIPES) if args.recipe == "all" else args.recipe.split(",")
+    for r in args.recipes:
+        if r not in RECIPES:
+            p.error(f"unknown recipe {r!r}; choose from {', '.join(RECIPES)} or all")
+    if args.worker:
+        worker(args)
+        return 0
+    if args.merge:
+        rows, seconds = [], 0.0
+        for path in args.merge:
+            with open(path) as f:
+                last = [json.loads(l) for l in f if l.startswith('{"tool": "plan"')][-1]
+            rows += last["rows"]
+            seconds += last.get("seconds", 0.0)
+        order = {r: i for i, r in enumerate(RECIPES)}
+        rows.sort(key=lambda r: (order[r["recipe"]], r["devices"]))
+        print(markdown(rows))
+        print(json.dumps({"tool": "plan", "merged": args.merge, "seconds": round(seconds, 1), "rows": rows}))
+        return 0
+
+    counts = [int(x) for x in args.devices.split(",")]
+    groups = [[r] for r in args.recipes if r not in ("mps_cc", "mps_coco")]
+    stage2 = [r for r in ("mps_cc", "mps_coco") if r in args.recipes]
+    if stage2:
+        groups.insert(1 if "stage1" in args.recipes else 0, stage2)  # one process: mps_coco reuses mps_cc
+    # data=-1 is compiled at the first device count only (see _reuse_pure_data)
+    tasks = [(n, g, ["data=-1"] if n != counts[0] else []) for n in counts for g in groups]
+    tasks.sort(key=lambda t: "mps_cc" not in t[1] and "mps_coco" not in t[1])  # longest compiles first
+    rows, t0 = [], time.time()
+    running: list = []
+
+    def launch(task):
+        n, recipes, skip = task
+        env = dict(os.environ, JAX_PLATFORMS="cpu",
+                   XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}").strip())
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--recipe", ",".join(recipes),
+               "--batch-per-device", str(args.batch_per_device), "--images-per-device", str(args.images_per_device),
+               "--samples", str(args.samples)]
+        for s_ in args.set:
+            cmd += ["--set", s_]
+        if args.meshes:
+            cmd += ["--meshes", *args.meshes]
+        for s_ in skip:
+            cmd += ["--skip-mesh", s_]
+        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # no pipe to fill up
+        return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=out, stderr=err, text=True), task, out, err
+
+    def collect(proc, task, out, err):
+        out.seek(0)
+        err.seek(0)
+        for line in out:
+            if line.startswith("PLAN "):
+                row = json.loads(line[5:])
+                rows.append(row)
+                brief = row.get("error") or f"peak {_gib(row['peak_bytes'])} GiB, compile {row.get('compile_s', 0)} s"
+                print(f"[{time.time() - t0:6.0f}s] {row['recipe']} x{row['devices']} {row['mesh_spec']}: {brief}",
+                      file=sys.stderr, flush=True)
+        if proc.returncode:
+            print(f"worker {task} failed:\n{err.read()[-3000:]}", file=sys.stderr)
+
+    queue = list(tasks)
+    while queue or running:
+        while queue and len(running) < args.jobs:
+            running.append(launch(queue.pop(0)))
+        time.sleep(0.5)
+        for item in list(running):
+            if item[0].poll() is not None:
+                running.remove(item)
+                collect(*item)
+    rows = _reuse_pure_data(rows, counts)
+    order = {r: i for i, r in enumerate(RECIPES)}
+    rows.sort(key=lambda r: (order[r["recipe"]], r["devices"]))
+    print(markdown(rows))
+    import jax
+    print(json.dumps({"tool": "plan", "jax": jax.__version__, "backend": "cpu (simulated devices)",
+                      "seconds": round(time.time() - t0, 1), "rows": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
