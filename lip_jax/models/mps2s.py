@@ -100,6 +100,11 @@ class MPSConfig:
     # Per-layer rematerialisation of every transformer block (REMAT_POLICIES); the official
     # training checkpointed each layer (mpu.checkpoint), i.e. "full".
     remat: str = "none"
+    # Full-sequence passes run each transformer as a lax.scan over layer groups (one period of
+    # attn_types_dec); compile time stops growing with depth. Parameters stay stored per layer
+    # (layers_N, the official key layout) and are stacked inside the step, which costs one copy of
+    # the transformer weights. Same function; dropout draws differ from the unrolled loop.
+    scan_layers: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "attn_types_dec", _as_tuple(self.attn_types_dec))
@@ -312,10 +317,12 @@ class Block(nn.Module):
     def cross_kv(self, cond):
         return self.attention_cond.kv(cond)
 
-    def __call__(self, x, allowed, cross_kv=None, cache=None, deterministic: bool = True):
-        """Full sequence (cache=None) or a decoding chunk with `cache` = (k, v, start, valid).
+    def __call__(self, x, allowed, context=None, cache=None, deterministic: bool = True):
+        """Full sequence (cache=None; `context` is the cross-attention input [B, L, dim], so a
+        rematerialised block recomputes its keys / values instead of keeping them) or a decoding
+        chunk with `cache` = (k, v, start, valid) and `context` the cached cross (k, v).
 
-        Decoding: cache k [B, H, dh, T], v [B, H, T, dh] and cross_kv in the same layouts (kv_heads);
+        Decoding: cache k [B, H, dh, T], v [B, H, T, dh] and the cross (k, v) in the same layouts (kv_heads);
         the chunk x [B, C, dim] occupies positions start[b] + [0, C) and slots with valid[b, i] are
         written; allowed = (mask over the cache, mask over the chunk). Returns (x, new (k, v) or None).
         """
@@ -336,10 +343,10 @@ class Block(nn.Module):
             att = self.attention(h, k, v, allowed, deterministic)
         x = x + self.attention_scale(att)
         if self.cross and cache is not None:
-            cond = self.attention_cond.attend(self.atten_norm_cond(x), [(*cross_kv, None)])
+            cond = self.attention_cond.attend(self.atten_norm_cond(x), [(*context, None)])
             x = x + self.attention_scale_cond(cond)
         elif self.cross:
-            ck, cv = cross_kv
+            ck, cv = self.attention_cond.kv(context)
             x = x + self.attention_scale_cond(
                 self.attention_cond(self.atten_norm_cond(x), ck, cv, None, deterministic))
         x = x + self.ff_scale(self.ff(self.ff_norm(x), deterministic))
@@ -373,12 +380,42 @@ class Transformer(nn.Module):
         block = block_class(self.cfg.remat)
         self.layers = [block(self.cfg, i + 1, self.cross, name=f"layers_{i}") for i in range(self.depth)]
 
-    def __call__(self, x, allowed=None, cross_kv=None, deterministic: bool = True):
-        """allowed: None or a list of per-layer masks; cross_kv: per-layer (k, v) or None."""
+    def __call__(self, x, allowed=None, cond=None, deterministic: bool = True):
+        """allowed: None or a list of per-layer masks (repeating with period len(attn_types_dec));
+        cond: the cross-attention input [B, L, dim] (decoder) or None."""
+        period = len(self.cfg.attn_types_dec) if allowed is not None else 1
+        if self.cfg.scan_layers and not self.is_initializing() and self.depth % period == 0:
+            return self._scan(x, allowed, cond, period, deterministic)
         for i, layer in enumerate(self.layers):
-            x, _ = layer(x, None if allowed is None else allowed[i],
-                         None if cross_kv is None else cross_kv[i], None, deterministic)
+            x, _ = layer(x, None if allowed is None else allowed[i], cond, None, deterministic)
         return x
+
+    def _scan(self, x, allowed, cond, period, deterministic):
+        """The layer loop as a lax.scan over depth / period groups of `period` layers (same math)."""
+        params = self.variables["params"]
+        groups = self.depth // period
+        stack = lambda *a: jnp.stack(a)  # noqa: E731
+        stacked = [jax.tree_util.tree_map(stack, *[params[f"layers_{g * period + j}"] for g in range(groups)])
+                   for j in range(period)]
+        block = Block(self.cfg, 1, self.cross, parent=None)  # the index only sets the LayerScale init
+
+        def layer(p, x, mask, rng):
+            rngs = None if deterministic else {"dropout": rng}
+            return block.apply({"params": p}, x, mask, cond, None, deterministic, rngs=rngs)[0]
+
+        if self.cfg.remat != "none":
+            layer = jax.checkpoint(layer, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=True)
+        rng = jax.random.key(0) if deterministic else self.make_rng("dropout")
+        keys = jax.random.split(rng, groups * period)
+        keys = keys.reshape((groups, period) + keys.shape[1:])
+
+        def body(x, xs):
+            ps, ks = xs
+            for j in range(period):
+                x = layer(ps[j], x, None if allowed is None else allowed[j], ks[j])
+            return x, None
+
+        return jax.lax.scan(body, x, (stacked, keys))[0]
 
     def cross_kv(self, cond):
         return [layer.cross_kv(cond) for layer in self.layers]
@@ -498,7 +535,7 @@ class MPS2S(nn.Module):
         qp, kp = np.arange(n + 1)[:, None], np.arange(n + 1)[None, :]
         masks = {t: jnp.asarray(decoder_allowed(qp, kp, t, c.grid, c.kernel_size)) for t in set(c.attn_types_dec)}
         allowed = [masks[t] for t in c.dec_layer_types()]
-        x = self.transformer_dec(x, allowed, self.cross_kv(cond), deterministic)
+        x = self.transformer_dec(x, allowed, cond, deterministic)
         return self.logits_head(x[:, :-1])
 
     # -- cached decoding ------------------------------------------------------------------------------
