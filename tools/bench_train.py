@@ -5,7 +5,8 @@
 
 Runs the real jitted train steps (lip_jax.train.stage1 / stage2, the same functions `lip-jax train`
 uses) on random data with all devices in one data-parallel mesh, after one warm-up call that
-compiles. FLOPs per step come from XLA's cost analysis of the compiled step; MFU is reported when
+compiles. FLOPs per step are the matmul + convolution FLOPs of the compiled step's HLO
+(tools/hlo_cost.py, loop trip counts applied); MFU is reported when
 --peak-tflops (the accelerator's dense peak for the dtype) is given. Sizes:
   demo      configs/shapes_demo.py (32 px, 8x8 tokens)
   mid       stage 1: the official DF-VQGAN at 128 px; stage 2: the "mid" MP-S2S (dim 256, 32x32 tokens)
@@ -29,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from hlo_cost import parse_hlo  # noqa: E402  (tools/ is the script directory)
 from lip_jax.cli import load_config  # noqa: E402
 from lip_jax.models import dfvqgan  # noqa: E402
 from lip_jax.train import partitioning, stage1, stage2  # noqa: E402
@@ -79,7 +81,8 @@ def bench(stage: int, size: str, batch: int, iters: int, peak: float | None) -> 
         t0 = time.perf_counter()
         compiled = fn.lower(state, *extra, data).compile()
         compile_s = time.perf_counter() - t0
-        flops = float((compiled.cost_analysis() or {}).get("flops", float("nan")))
+        # matmul / conv FLOPs with loop trip counts (cost_analysis counts a scanned layer once)
+        flops = float(parse_hlo(compiled.as_text())["matmul_flops"])
         state, m = compiled(state, *extra, data)
         jax.block_until_ready(m)
         t0 = time.perf_counter()

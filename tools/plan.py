@@ -18,10 +18,11 @@ of lip_jax.train.partitioning (the trainer's `abstract_state`), so nothing is al
   sample    lip_jax.sample.sample_tokens (KV-cached) at the mps_cc model with K candidates
 
 Per device: memory from `compiled.memory_analysis()` (arguments, outputs, temporaries; the peak is
-estimated as arguments + outputs - donated aliases + temporaries), FLOPs from `cost_analysis()`,
-collective bytes parsed from the compiled HLO (operand bytes of all-reduce / all-gather /
-reduce-scatter / all-to-all / collective-permute, times the trip count of enclosing while loops when
-XLA knows it). These are CPU-compiler estimates of what a TPU / GPU compile would do (different
+estimated as arguments + outputs - donated aliases + temporaries), and, parsed from the compiled
+HLO with the trip counts of enclosing while loops where XLA knows them, matmul + convolution FLOPs
+(`cost_analysis()` counts a loop body once, so it misses scanned layers; kept as xla_cost_flops)
+and collective bytes (operands of all-reduce / all-gather / reduce-scatter / all-to-all /
+collective-permute). These are CPU-compiler estimates of what a TPU / GPU compile would do (different
 fusion, scheduling and layouts), good for which layout fits, not for the last GiB.
 
 Batch per device: stage 1 6 (the config's 48 per 8-GPU host; the official README launch uses 8,
@@ -35,15 +36,14 @@ Prints a Markdown table and one JSON line.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
-import math
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
+
+from hlo_cost import parse_hlo  # tools/ is the script directory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -68,119 +68,6 @@ DEFAULT_MESHES = {
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
                     "xla_cpu_use_fusion_emitters": False, "xla_cpu_enable_concurrency_optimized_scheduler": False,
                     "xla_disable_hlo_passes": "cse_barrier_expander"}
-COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
-DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
-               "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
-
-
-# --- HLO text analysis ------------------------------------------------------------------------------
-
-_SHAPE = re.compile(r"\b(pred|[suf]\d+|bf16|c64|c128)\[([\d,]*)\]")
-_HEADER = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s*\(.*\)\s*->.*\{\s*$")
-_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([\w\-]+)\((.*)$")
-
-
-def _shape_bytes(text: str) -> int:
-    return sum(DTYPE_BYTES[d] * math.prod(int(x) for x in dims.split(",") if x) for d, dims in _SHAPE.findall(text))
-
-
-def _split_operands(rest: str) -> str:
-    """The operand list of an instruction: `rest` up to the parenthesis closing the call."""
-    depth = 1
-    for i, ch in enumerate(rest):
-        depth += ch == "("
-        depth -= ch == ")"
-        if depth == 0:
-            return rest[:i]
-    return rest
-
-
-def parse_hlo(text: str) -> dict:
-    """Collective operand bytes per kind (loop trip counts applied where known) and the largest
-    non-parameter array, from compiled (post-SPMD-partitioning, per-device) HLO text."""
-    comps: dict[str, list] = {}
-    entry, cur = None, None
-    for line in text.splitlines():
-        m = _HEADER.match(line)
-        if m:
-            cur = m.group(2)
-            comps[cur] = []
-            if m.group(1):
-                entry = cur
-            continue
-        if cur is not None and line.strip() == "}":
-            cur = None
-            continue
-        if cur is not None:
-            comps[cur].append(line)
-
-    shapes = {}  # instruction name -> result type (names are unique in a module)
-    for lines in comps.values():
-        for line in lines:
-            m = _INSTR.match(line)
-            if m:
-                shapes[m.group(1)] = m.group(2)
-
-    def operand_bytes(rest):
-        ops = _split_operands(rest)
-        named = re.findall(r"%([\w.\-]+)", ops)
-        return sum(_shape_bytes(shapes.get(n, "")) for n in named) if named else _shape_bytes(ops)
-
-    calls: dict[str, list] = collections.defaultdict(list)
-    local: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    unknown_loops = 0
-    largest = (0, "", "")
-    for name, lines in comps.items():
-        for line in lines:
-            m = _INSTR.match(line)
-            if not m:
-                continue
-            result, op, rest = m.group(2), m.group(3), m.group(4)
-            base = op[:-len("-start")] if op.endswith("-start") else op
-            if base in COLLECTIVES:
-                local[name][base] += operand_bytes(rest)
-            if op == "while":
-                body = re.search(r"body=%?([\w.\-]+)", line)
-                trip = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
-                if not trip:
-                    unknown_loops += 1
-                if body:
-                    calls[name].append((body.group(1), int(trip.group(1)) if trip else 1))
-            else:
-                for key in ("to_apply", "calls", "true_computation", "false_computation"):
-                    for callee in re.findall(key + r"=%?([\w.\-]+)", line):
-                        calls[name].append((callee, 1))
-                bc = re.search(r"branch_computations=\{([^}]*)\}", line)
-                if bc:
-                    calls[name].extend((c.strip().lstrip("%"), 1) for c in bc.group(1).split(","))
-            if op not in ("parameter", "get-tuple-element", "tuple", "bitcast", "constant") and "fused" not in name:
-                size = _shape_bytes(result)
-                if not result.startswith("(") and size > largest[0]:
-                    meta = re.search(r'op_name="([^"]*)"', line)
-                    largest = (size, result.split("{")[0], (meta.group(1) if meta else op))
-
-    totals: collections.Counter = collections.Counter()
-
-    def walk(name, mult, depth=0):
-        if depth > 64:
-            return
-        for kind, b in local.get(name, {}).items():
-            totals[kind] += b * mult
-        for callee, n in calls.get(name, ()):
-            walk(callee, mult * n, depth + 1)
-
-    if entry:
-        walk(entry, 1)
-    return {"collectives": dict(totals), "unknown_trip_loops": unknown_loops,
-            "largest": {"bytes": largest[0], "shape": largest[1], "op": _short_op(largest[2])}}
-
-
-def _short_op(op_name: str) -> str:
-    """Keep the informative tail of a jax op_name (module path and primitive)."""
-    parts = [p for p in op_name.split("/") if p and not p.startswith(("jit(", "jvp(", "transpose(", "checkpoint"))]
-    return "/".join(parts[-4:])
-
-
 # --- one device count (worker) ---------------------------------------------------------------------
 
 def parse_mesh(spec: str) -> dict:
@@ -333,7 +220,9 @@ def plan_one(recipe, config, mesh_spec, devices, args) -> dict:
     return row | info | {
         "argument_bytes": mem.argument_size_in_bytes, "output_bytes": mem.output_size_in_bytes,
         "alias_bytes": mem.alias_size_in_bytes, "temp_bytes": mem.temp_size_in_bytes, "peak_bytes": peak,
-        "flops_per_device": float(cost.get("flops", 0.0)),
+        # XLA's cost analysis counts a loop body once; the matmul / conv FLOPs parsed from the HLO
+        # apply known trip counts (scanned layers, gradient accumulation)
+        "flops_per_device": float(hlo["matmul_flops"]), "xla_cost_flops": float(cost.get("flops", 0.0)),
         "collective_bytes": hlo["collectives"], "collective_total_bytes": sum(hlo["collectives"].values()),
         "unknown_trip_loops": hlo["unknown_trip_loops"], "largest": hlo["largest"],
         "fits": {name: peak <= cap * GiB for name, cap in CAPACITIES},
@@ -379,7 +268,7 @@ def _flops(f) -> str:
 
 
 def markdown(rows) -> str:
-    head = ("| recipe | devices | mesh | batch | args GiB | out GiB | temp GiB | peak GiB | TFLOP/dev | "
+    head = ("| recipe | devices | mesh | batch | args GiB | out GiB | temp GiB | peak GiB | matmul TFLOP/dev | "
             "coll. GiB/dev | fits 16/32/80 | largest temporary | compile s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from lip_jax.ops.defect_free import (GroupNorm, MaskConv, MaskNormalize, conv, mask_pyramid_level,
                                      masked_self_attention, swish)
+from lip_jax.train.partitioning import constrain_batch
 
 Array = jax.Array
 
@@ -39,12 +40,14 @@ class ResnetBlock(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None) -> Array:
         norm = (lambda name: MaskNormalize(name=name)) if self.masked else (lambda name: GroupNorm(name=name))
+        # batch-parallel activations under FSDP (propagation otherwise follows the weights' split)
+        x = constrain_batch(x)
         conv1, conv2 = (self._conv(self.out_channels, 3, n) for n in ("conv1", "conv2"))
         h = conv1(swish(norm("norm1")(x, mask)), mask)
         h = conv2(swish(norm("norm2")(h, mask)), mask)
         if x.shape[-1] != self.out_channels:
             x = self._conv(self.out_channels, 1, "nin_shortcut")(x, mask)
-        return x + h
+        return constrain_batch(x + h)
 
     def _conv(self, features: int, kernel: int, name: str):
         if self.masked:
@@ -66,10 +69,10 @@ class AttnBlock(nn.Module):
             h = MaskNormalize(name="norm")(x, mask)
             q, k, v = (MaskConv(c, 1, padding=0, name=n)(h, mask, mask) for n in ("q", "k", "v"))
             h = masked_self_attention(q, k, v, mask)
-            return x + MaskConv(c, 1, padding=0, name="proj_out")(h, mask, mask)
+            return constrain_batch(x + MaskConv(c, 1, padding=0, name="proj_out")(h, mask, mask))
         h = GroupNorm(name="norm")(x)
         q, k, v = (conv(c, 1, padding=0, name=n)(h) for n in ("q", "k", "v"))
-        return x + conv(c, 1, padding=0, name="proj_out")(masked_self_attention(q, k, v, None))
+        return constrain_batch(x + conv(c, 1, padding=0, name="proj_out")(masked_self_attention(q, k, v, None)))
 
 
 class Downsample(nn.Module):
@@ -141,6 +144,7 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, mask: Array):
+        x, mask = constrain_batch((x, mask))
         hs = [MaskConv(self.ch, 3, name="conv_in")(x, mask, mask)]
         hms = [mask]
         cur_mask, curr_res = mask, self.resolution
@@ -207,7 +211,7 @@ class Decoder(nn.Module):
             return fuse_skip(h, skips.pop(), skip_masks.pop()) if skips else h
 
         curr_res = self.resolution // 2 ** (len(self.ch_mult) - 1)
-        h = conv(self.ch * self.ch_mult[-1], 3, name="conv_in")(z)
+        h = conv(self.ch * self.ch_mult[-1], 3, name="conv_in")(constrain_batch(z))
         h = Mid(masked=False, name="mid")(h)
         in_ch_mult = (1,) + tuple(self.ch_mult)
         for lvl in reversed(range(len(self.ch_mult))):
@@ -215,7 +219,7 @@ class Decoder(nn.Module):
                              lvl != 0, name=f"up_{lvl}")(h, take)
             curr_res *= 2
         h = swish(GroupNorm(name="norm_out")(h))
-        return conv(self.out_ch, 3, name="conv_out")(h)
+        return constrain_batch(conv(self.out_ch, 3, name="conv_out")(h))
 
 
 class VectorQuantizer(nn.Module):

@@ -1,0 +1,150 @@
+"""Statistics of compiled (post-SPMD, per-device) XLA HLO text: matmul / convolution FLOPs and
+collective bytes with while-loop trip counts applied, and the largest array. XLA's own
+`cost_analysis()` counts a loop body once, so it misses scanned layers and accumulation loops.
+Used by tools/plan.py and tools/bench_train.py."""
+
+from __future__ import annotations
+
+import collections
+import math
+import re
+
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
+               "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+
+
+
+_SHAPE = re.compile(r"\b(pred|[suf]\d+|bf16|c64|c128)\[([\d,]*)\]")
+_HEADER = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s*\(.*\)\s*->.*\{\s*$")
+_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([\w\-]+)\((.*)$")
+
+
+def _shape_bytes(text: str) -> int:
+    return sum(DTYPE_BYTES[d] * math.prod(int(x) for x in dims.split(",") if x) for d, dims in _SHAPE.findall(text))
+
+
+def _split_operands(rest: str) -> str:
+    """The operand list of an instruction: `rest` up to the parenthesis closing the call."""
+    depth = 1
+    for i, ch in enumerate(rest):
+        depth += ch == "("
+        depth -= ch == ")"
+        if depth == 0:
+            return rest[:i]
+    return rest
+
+
+def parse_hlo(text: str) -> dict:
+    """Collective operand bytes per kind (loop trip counts applied where known) and the largest
+    non-parameter array, from compiled (post-SPMD-partitioning, per-device) HLO text."""
+    comps: dict[str, list] = {}
+    entry, cur = None, None
+    for line in text.splitlines():
+        m = _HEADER.match(line)
+        if m:
+            cur = m.group(2)
+            comps[cur] = []
+            if m.group(1):
+                entry = cur
+            continue
+        if cur is not None and line.strip() == "}":
+            cur = None
+            continue
+        if cur is not None:
+            comps[cur].append(line)
+
+    shapes = {}  # instruction name -> result type (names are unique in a module)
+    for lines in comps.values():
+        for line in lines:
+            m = _INSTR.match(line)
+            if m:
+                shapes[m.group(1)] = m.group(2)
+
+    def operand_bytes(rest):
+        ops = _split_operands(rest)
+        named = re.findall(r"%([\w.\-]+)", ops)
+        return sum(_shape_bytes(shapes.get(n, "")) for n in named) if named else _shape_bytes(ops)
+
+    calls: dict[str, list] = collections.defaultdict(list)
+    local: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    unknown_loops = 0
+    largest = (0, "", "")
+    for name, lines in comps.items():
+        for line in lines:
+            m = _INSTR.match(line)
+            if not m:
+                continue
+            result, op, rest = m.group(2), m.group(3), m.group(4)
+            base = op[:-len("-start")] if op.endswith("-start") else op
+            if base in COLLECTIVES:
+                local[name][base] += operand_bytes(rest)
+            if op in ("dot", "convolution"):
+                local[name]["flops"] += _matmul_flops(op, result, rest, shapes)
+            if op == "while":
+                body = re.search(r"body=%?([\w.\-]+)", line)
+                trip = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
+                if not trip:
+                    unknown_loops += 1
+                if body:
+                    calls[name].append((body.group(1), int(trip.group(1)) if trip else 1))
+            else:
+                for key in ("to_apply", "calls", "true_computation", "false_computation"):
+                    for callee in re.findall(key + r"=%?([\w.\-]+)", line):
+                        calls[name].append((callee, 1))
+                bc = re.search(r"branch_computations=\{([^}]*)\}", line)
+                if bc:
+                    calls[name].extend((c.strip().lstrip("%"), 1) for c in bc.group(1).split(","))
+            if op not in ("parameter", "get-tuple-element", "tuple", "bitcast", "constant") and "fused" not in name:
+                size = _shape_bytes(result)
+                if not result.startswith("(") and size > largest[0]:
+                    meta = re.search(r'op_name="([^"]*)"', line)
+                    largest = (size, result.split("{")[0], (meta.group(1) if meta else op))
+
+    totals: collections.Counter = collections.Counter()
+
+    def walk(name, mult, depth=0):
+        if depth > 64:
+            return
+        for kind, b in local.get(name, {}).items():
+            totals[kind] += b * mult
+        for callee, n in calls.get(name, ()):
+            walk(callee, mult * n, depth + 1)
+
+    if entry:
+        walk(entry, 1)
+    flops = totals.pop("flops", 0)
+    return {"collectives": dict(totals), "matmul_flops": flops, "unknown_trip_loops": unknown_loops,
+            "largest": {"bytes": largest[0], "shape": largest[1], "op": _short_op(largest[2])}}
+
+
+def _dims(shape_text: str) -> list[int]:
+    m = _SHAPE.search(shape_text)
+    return [int(x) for x in m.group(2).split(",") if x] if m else []
+
+
+def _matmul_flops(op: str, result: str, rest: str, shapes: dict) -> int:
+    """2 x multiply-adds of a dot (result size x contracted size) or a convolution (result size x
+    kernel size / output features), from the HLO text; 0 where the operands cannot be read."""
+    ops = _split_operands(rest)
+    named = re.findall(r"%([\w.\-]+)", ops)
+    operands = [shapes.get(n, "") for n in named] if named else re.findall(r"\S+\[[\d,]*\]", ops)
+    if len(operands) < 2:
+        return 0
+    out = math.prod(_dims(result))
+    if op == "dot":
+        lhs = _dims(operands[0])
+        m = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest)
+        contracted = math.prod(lhs[int(i)] for i in m.group(1).split(",") if i) if m else 1
+        return 2 * out * contracted
+    rhs = _dims(operands[1])
+    m = re.search(r"dim_labels=\w+_(\w+)->", rest)
+    if not m or len(m.group(1)) != len(rhs):
+        return 0
+    return 2 * out * math.prod(rhs) // rhs[m.group(1).index("o")]
+
+
+def _short_op(op_name: str) -> str:
+    """Keep the informative tail of a jax op_name (module path and primitive)."""
+    parts = [p for p in op_name.split("/") if p and not p.startswith(("jit(", "jvp(", "transpose(", "checkpoint"))]
+    return "/".join(parts[-4:])
