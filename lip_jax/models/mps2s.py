@@ -485,7 +485,8 @@ class MPS2S(nn.Module):
     def token_embed(self, tokens, positions):
         """image_emb(vae_emb(tokens)) + axial position; tokens [B, C] at grid positions [B, C]."""
         pos = self.image_pos_emb_vae()[0]
-        return self.image_emb(self.vae_emb(tokens)) + pos[positions]
+        # the codebook gather loses the batch split under FSDP (plan: [B_global * N, dim] per device)
+        return self.image_emb(constrain_batch(self.vae_emb(tokens))) + pos[positions]
 
     def pixel_view(self, image, deterministic=True):
         c = self.cfg
@@ -514,7 +515,6 @@ class MPS2S(nn.Module):
         g = jnp.clip(seq_pos - 1, 0, n - 1)
         tok = jnp.take_along_axis(tokens, g, axis=1)
         hole = jnp.take_along_axis(token_mask, g, axis=1)
-        # gathers lose the batch split under FSDP (the plan measured [B_global * N, dim] here)
         x = jnp.where(hole[..., None], constrain_batch(self.token_embed(tok, g)), self.image_msk_emb)
         return constrain_batch(jnp.where((seq_pos == 0)[..., None], self.image_bos_emb, x))
 
