@@ -110,6 +110,17 @@ def test_nonfinite_step_changes_nothing(vq_ckpt):
     assert int(new.step) == 1
 
 
+def test_state_does_not_alias_the_codebook_it_starts_from(vq_ckpt):
+    """Train steps donate the state; a vae_emb sharing the frozen DF-VQGAN's codebook buffer would
+    make `step(donate(state), vq, ...)` fail (or the codebook be freed)."""
+    c = load_config(STAGE2)
+    codebook = jnp.asarray(load_params(vq_ckpt)["quantize"]["embedding"]["embedding"])
+    state = nn.unbox(stage2.init_boxed_state(c, jax.random.key(0), codebook))
+    emb = state.params["vae_emb"]["embedding"]
+    np.testing.assert_array_equal(np.asarray(emb), np.asarray(codebook))
+    assert emb.unsafe_buffer_pointer() != codebook.unsafe_buffer_pointer()
+
+
 def _cli(workdir, config, *overrides, devices=1, **popen):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
     cmd = [sys.executable, "-m", "lip_jax.cli", "train", "--config", config, "--workdir", str(workdir), *overrides]

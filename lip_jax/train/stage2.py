@@ -54,7 +54,7 @@ def init_boxed(cfg, rng: jax.Array, codebook=None):
         box = params["vae_emb"]["embedding"]
         if tuple(box.value.shape) != tuple(codebook.shape):
             raise ValueError(f"DF-VQGAN codebook {tuple(codebook.shape)} does not fit vae_emb {tuple(box.value.shape)}")
-        params["vae_emb"]["embedding"] = box.replace_boxed(jnp.asarray(codebook, box.value.dtype))
+        params["vae_emb"]["embedding"] = box.replace_boxed(jnp.array(codebook, box.value.dtype))  # a copy: the state is donated
     return params
 
 
