@@ -238,7 +238,6 @@ class Attention(nn.Module):
         out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, nq, h * dh)
         return self.drop(self.to_out(out), deterministic=deterministic)
 
-
     def attend(self, x, parts):
         """Cached decoding (no dropout): one softmax over several key/value sets, parts =
         [(k [B, H, dh, K], v [B, H, K, dh], allowed broadcastable to [B, H, Q, K] or None), ...].
