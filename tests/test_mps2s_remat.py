@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lip_jax.models import mps2s
+from random_weights import random_params
 
 # Two decoder layers (full + nearby attention) keep the compiles short.
 CFG = dataclasses.replace(mps2s.MPSConfig.from_any("tiny"), dec_depth=2, attn_dropout=0.1, ff_dropout=0.1)
@@ -16,21 +17,10 @@ FAST = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": Fals
 
 
 def _params(cfg, seed=0):
-    """Random O(1) weights from the parameter template (no compiled Flax init)."""
+    """Random weights from the parameter template (no compiled Flax init)."""
     from lip_jax.convert.mps2s import param_template
 
-    rng = np.random.default_rng(seed)
-
-    def leaf(path, s):
-        name = path[-1].key
-        if len(s.shape) == 3 and name == "scale":  # LayerScale at its official 0.1
-            return jnp.full(s.shape, 0.1, jnp.float32)
-        if len(s.shape) == 1:
-            return jnp.asarray((name == "scale") + 0.1 * rng.standard_normal(s.shape), jnp.float32)
-        scale = 1.0 if "emb" in name or "weights" in name else s.shape[-2] ** -0.5
-        return jnp.asarray(scale * rng.standard_normal(s.shape), jnp.float32)
-
-    return jax.tree_util.tree_map_with_path(leaf, param_template(cfg))
+    return jax.tree_util.tree_map(jnp.asarray, random_params(param_template(cfg), seed))
 
 
 def _inputs(b=2, seed=0):
