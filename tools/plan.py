@@ -78,18 +78,6 @@ def parse_mesh(spec: str) -> dict:
     return out
 
 
-def _overrides(config, sets):
-    for s in sets:
-        key, value = s.split("=", 1)
-        node = config
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        old = node[last]
-        node[last] = type(old)(value) if not isinstance(old, bool) else value.lower() in ("1", "true", "yes")
-    return config
-
-
 def _stage1(config, mesh, per_device):
     import flax.linen as nn
     import jax
@@ -233,11 +221,13 @@ def worker(args) -> None:
     import jax
 
     from lip_jax.cli import load_config
+    from lip_jax.eval.runner import apply_overrides
 
     devices = jax.device_count()
     seen: dict[str, dict] = {}
     for recipe in args.recipes:
-        config = _overrides(load_config(os.path.join(REPO, CONFIGS[recipe])), args.set)
+        config = load_config(os.path.join(REPO, CONFIGS[recipe]))
+        apply_overrides(config, args.set)
         meshes = [m for m in (args.meshes or DEFAULT_MESHES[recipe]) if m not in args.skip_mesh]
         for spec in meshes:
             key = None
