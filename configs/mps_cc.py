@@ -29,6 +29,7 @@ def build(preset: str) -> ml_collections.ConfigDict:
     c.mps.dtype = "float32"
     # One compiled layer group per transformer instead of 48 unrolled blocks (minutes of compile).
     c.mps.scan_layers = preset in ("cc", "coco")
+    c.mps.attention = "auto"  # cuDNN flash attention on GPU in bfloat16, XLA otherwise
     c.vqgan = ml_collections.ConfigDict(dfvqgan.PRESETS[VQGAN_PRESET[preset]])
     c.vqgan_ckpt = ""
     c.mesh = dict(data=-1, fsdp=1, tensor=1)

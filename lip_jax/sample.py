@@ -88,12 +88,21 @@ def _api(fn):
     return wrapper
 
 
+def _compute_kernels(params, cfg: MPSConfig):
+    """Matmul / conv kernels cast to the compute dtype once, not at every decoding step (each layer
+    casts them to that dtype anyway, so the results are the same): each step then reads 16-bit weights."""
+    if cfg.jnp_dtype == jnp.float32:
+        return params
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: x.astype(cfg.jnp_dtype) if path[-1].key == "kernel" else x, params)
+
+
 @_api
 @functools.partial(jax.jit, static_argnames=("cfg", "num_samples"))
 def sample_tokens(params, tokens, token_mask, image, text_ids, rng, top_k, temperature, *, cfg, num_samples):
     """KV-cached sampler -> int32 [B * num_samples, N] (holes sampled, known tokens kept)."""
     model = MPS2S(cfg)
-    variables = {"params": params}
+    variables = {"params": _compute_kernels(params, cfg)}
     n, t = cfg.num_tokens, cfg.num_tokens + 1
     tokens = jnp.where(token_mask, 0, tokens)  # official: holes start at token 0
     cond = model.apply(variables, tokens, token_mask, image, text_ids, method=MPS2S.encode)

@@ -129,3 +129,21 @@ def test_kv_cache_bytes_official():
     # 24 layers x (k, v) x 8 rows x 1025 positions x 1280 channels x 4 bytes
     assert got["self_kv"] == 24 * 2 * 8 * 1025 * 1280 * 4
     assert got["cross_kv"] == 24 * 2 * 8 * (1024 + 256 + 77) * 1280 * 4
+
+
+def test_kernels_cast_once_give_the_same_bf16_model(setup):
+    """The sampler casts matmul / conv kernels to bfloat16 before its loop; every layer casts them to
+    its compute dtype anyway, so the model's output must be bit-identical (a layer computing in
+    float32 would change)."""
+    import dataclasses
+
+    params, inputs = setup
+    cfg = dataclasses.replace(CFG, dtype="bfloat16")
+    cast = sample._compute_kernels(params, cfg)
+    kernels = [x.dtype for p, x in jax.tree_util.tree_leaves_with_path(cast) if p[-1].key == "kernel"]
+    assert kernels and set(kernels) == {jnp.dtype(jnp.bfloat16)}
+    model = mps2s.MPS2S(cfg)
+    run = jax.jit(lambda p: model.apply({"params": p}, **inputs))
+    ref, got = np.asarray(run(params)), np.asarray(run(cast))
+    assert np.array_equal(ref, got)
+    assert not np.array_equal(ref, np.asarray(jax.jit(lambda p: mps2s.MPS2S(CFG).apply({"params": p}, **inputs))(params)))

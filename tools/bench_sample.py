@@ -14,6 +14,7 @@ sampler once. Prints a Markdown table and one final JSON line (backend, device, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -85,8 +86,28 @@ def shapes(cfg, x, batch):
                 logits=[batch, cfg.vqvae_vocab_size], dec_layers=cfg.dec_depth, dtype=cfg.dtype)
 
 
-def bench(preset, batch, hole, top_k, max_recompute_s, prev=None, estimate_forward=False, reps=1):
+def step_bytes(cfg, batch) -> float:
+    """Fewest bytes one decoding step must read: the decoder's and the head's weights once (kernels
+    in the compute dtype, the cross-attention K/V projections excluded: their outputs are cached),
+    plus every row's self-attention cache and cross-attention K/V."""
+    item = jnp.dtype(cfg.dtype).itemsize
+    total = 0
+    tree = param_template(cfg)
+    for path, leaf in jax.tree_util.tree_leaves_with_path({k: tree[k] for k in ("transformer_dec", "to_logits_img_0",
+                                                                                 "to_logits_img_1")}):
+        keys = [p.key for p in path]
+        if "attention_cond" in keys and keys[-2] in ("k_linear", "v_linear"):
+            continue
+        total += int(np.prod(leaf.shape)) * (item if keys[-1] == "kernel" else 4)
+    kv = sample.kv_cache_bytes(cfg, batch)
+    return total + kv["self_kv"] + kv["cross_kv"]
+
+
+def bench(preset, batch, hole, top_k, max_recompute_s, prev=None, estimate_forward=False, reps=1,
+          overrides=(), mem_bw=None):
     cfg = mps2s.MPSConfig.from_any(preset)
+    if overrides:
+        cfg = dataclasses.replace(cfg, **overrides)
     params = jax.device_put(random_params(cfg))
     x = inputs(cfg, batch, hole)
     holes = int(np.asarray(x["token_mask"][0]).sum())
@@ -123,7 +144,11 @@ def bench(preset, batch, hole, top_k, max_recompute_s, prev=None, estimate_forwa
                    recompute_estimate_s_per_image=estimate / batch, speedup_estimate=estimate / t_cached,
                    recompute_note=f"skipped: estimated {estimate:.0f} s > {max_recompute_s:.0f} s")
     kv = sample.kv_cache_bytes(cfg, 8)
-    row.update(kv_self_bytes_batch8=kv["self_kv"], kv_cross_bytes_batch8=kv["cross_kv"])
+    row.update(kv_self_bytes_batch8=kv["self_kv"], kv_cross_bytes_batch8=kv["cross_kv"], dtype=cfg.dtype,
+               step_bytes=step_bytes(cfg, batch))
+    if mem_bw:  # batch rows share one read of the weights per step
+        row.update(floor_ms_per_step=1000 * row["step_bytes"] / (mem_bw * 1e9), mem_bw_gbs=mem_bw)
+        row["floor_ratio"] = row["cached_ms_per_step"] / row["floor_ms_per_step"]
     return row
 
 
@@ -139,13 +164,24 @@ def main():
     ap.add_argument("--top-k", type=int, default=128)
     ap.add_argument("--max-recompute-s", type=float, default=600.0)
     ap.add_argument("--reps", type=int, default=3, help="timed runs of the cached sampler (median)")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="MPSConfig field override, e.g. dtype=bfloat16")
+    ap.add_argument("--mem-bw-gbs", type=float,
+                    help="device memory bandwidth (GB/s): reports the bandwidth floor of a decoding step")
     ap.add_argument("--estimate-forward", action="store_true",
                     help="extrapolate later presets' forward time by FLOPs instead of measuring it")
     args = ap.parse_args()
+    overrides = {}
+    for item in args.set:
+        key, _, text = item.partition("=")
+        old = getattr(mps2s.MPSConfig(), key, None)
+        if old is None or isinstance(old, tuple):
+            ap.error(f"--set {item}: not a scalar MPSConfig field")
+        overrides[key] = text.lower() in ("true", "1") if isinstance(old, bool) else type(old)(text)
     rows, prev = [], None
     for p in args.presets.split(","):
         prev = bench(p, args.batch, args.hole, args.top_k, args.max_recompute_s, prev, args.estimate_forward,
-                     max(1, args.reps))
+                     max(1, args.reps), overrides, args.mem_bw_gbs)
         rows.append(prev)
         print(f"# {p}: done", file=sys.stderr, flush=True)
     dev = jax.devices()[0]
@@ -161,7 +197,12 @@ def main():
               f"{r['cached_compile_s']:.1f} | "
               f"{rec_s} | {fmt(r['recompute_tok_per_s'], '.2f')} | {speed} | {r.get('tokens_equal', '-')} |")
     for r in rows:
-        print(f"KV cache ({r['preset']}, batch 8, float32): self-attention {r['kv_self_bytes_batch8'] / 2**30:.2f} GiB, "
+        if r.get("floor_ms_per_step"):
+            print(f"Bandwidth floor ({r['preset']}, batch {r['batch']}, {r['dtype']}): {r['step_bytes'] / 1e9:.2f} GB "
+                  f"per step at {r['mem_bw_gbs']:.0f} GB/s = {r['floor_ms_per_step']:.2f} ms; measured "
+                  f"{r['cached_ms_per_step']:.2f} ms per hole token ({r['floor_ratio']:.2f}x the floor)")
+    for r in rows:
+        print(f"KV cache ({r['preset']}, batch 8, {r['dtype']}): self-attention {r['kv_self_bytes_batch8'] / 2**30:.2f} GiB, "
               f"cross-attention K/V {r['kv_cross_bytes_batch8'] / 2**30:.2f} GiB")
     print(json.dumps(dict(backend=jax.default_backend(), device_kind=dev.device_kind, devices=jax.device_count(),
                           cpu_count=os.cpu_count(), jax=jax.__version__, batch=args.batch, hole=args.hole,

@@ -2,6 +2,7 @@
 
     python tools/bench_train.py                          # demo and mid sizes (CPU-friendly)
     python tools/bench_train.py --sizes official --batch 8 --peak-tflops 989   # on an accelerator
+    python tools/bench_train.py --sizes official --stages 2 --set mps.dtype=bfloat16 --set mps.attention=xla
 
 Runs the real jitted train steps (lip_jax.train.stage1 / stage2, the same functions `lip-jax train`
 uses) on random data with all devices in one data-parallel mesh, after one warm-up call that
@@ -61,9 +62,12 @@ def batch_for(c, stage: int, batch: int, rng):
                 text_ids=rng.integers(1, c.mps.text_vocab_size, (batch, c.mps.text_len)).astype(np.int32))
 
 
-def bench(stage: int, size: str, batch: int, iters: int, peak: float | None) -> dict:
+def bench(stage: int, size: str, batch: int, iters: int, peak: float | None, overrides=()) -> dict:
+    from lip_jax.eval.runner import apply_overrides
+
     c = config(stage, size)
     c.data.batch_size = batch
+    apply_overrides(c, [o for o in overrides if o.split(".")[0] in c])
     mesh = partitioning.make_mesh(dict(data=-1, fsdp=1, tensor=1))
     rng = np.random.default_rng(0)
     with jax.set_mesh(mesh):
@@ -95,6 +99,8 @@ def bench(stage: int, size: str, batch: int, iters: int, peak: float | None) -> 
                steps_per_s=1 / dt, images_per_s=batch / dt, tokens_per_s=tokens / dt if tokens else None,
                gflop_per_step=flops / 1e9, achieved_tflops=flops / dt / 1e12, compile_s=compile_s)
     row["mfu"] = row["achieved_tflops"] / peak if peak else None
+    if stage == 2:
+        row.update(dtype=c.mps.dtype, attention=c.mps.get("attention", "auto"), remat=c.mps.remat)
     return row
 
 
@@ -105,23 +111,27 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=0, help="global batch (default: 8 demo, 2 otherwise)")
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--peak-tflops", type=float, help="device peak TFLOP/s for MFU (e.g. 989 for H100 bf16 dense)")
+    p.add_argument("--set", action="append", default=[],
+                   help="config override key=value, applied where the stage's config has that section "
+                        "(e.g. mps.dtype=bfloat16)")
     args = p.parse_args(argv)
     rows = []
     for size in args.sizes:
         for stage in args.stages:
             batch = args.batch or (8 if size == "demo" else 2)
-            rows.append(bench(stage, size, batch, args.iters, args.peak_tflops))
+            rows.append(bench(stage, size, batch, args.iters, args.peak_tflops, args.set))
             print(f"# stage {stage} {size}: {rows[-1]['s_per_step']:.3f} s/step", file=sys.stderr, flush=True)
     dev = jax.devices()[0]
     env = dict(backend=jax.default_backend(), device_kind=dev.device_kind, devices=jax.device_count(),
                jax=jax.__version__, machine=platform.machine(), cpus=os.cpu_count())
     print(f"\nTrain steps on {env['devices']} x {env['device_kind']} ({env['backend']}), JAX {env['jax']}\n")
-    print("| stage | size | resolution | batch | s/step | images/s | tokens/s | GFLOP/step | TFLOP/s | MFU |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| stage | size | compute | resolution | batch | s/step | images/s | tokens/s | GFLOP/step | TFLOP/s | MFU |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         tok = f"{r['tokens_per_s']:.0f}" if r["tokens_per_s"] else "-"
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else "-"
-        print(f"| {r['stage']} | {r['size']} | {r['resolution']} | {r['batch']} | {r['s_per_step']:.3f} "
+        compute = f"{r['dtype']}, {r['attention']} attention" if r["stage"] == 2 else "float32"
+        print(f"| {r['stage']} | {r['size']} | {compute} | {r['resolution']} | {r['batch']} | {r['s_per_step']:.3f} "
               f"| {r['images_per_s']:.2f} | {tok} | {r['gflop_per_step']:.1f} | {r['achieved_tflops']:.3f} | {mfu} |")
     print(json.dumps({"bench": "train", **env, "rows": rows}))
     return 0

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from lip_jax.ops.attention import attention
+
 LN_EPS = 1e-5  # torch.nn.LayerNorm default
 
 
@@ -51,7 +53,7 @@ def quick_gelu(x):
 
 
 class MultiheadAttention(nn.Module):
-    """nn.MultiheadAttention(width, heads) self-attention with a boolean mask (None = full)."""
+    """nn.MultiheadAttention(width, heads) self-attention, causal (text tower) or full (vision tower)."""
 
     width: int
     heads: int
@@ -63,17 +65,12 @@ class MultiheadAttention(nn.Module):
         self.in_proj = dense(3 * self.width, ("embed", "qkv"), "in_proj", dtype=self.dtype)
         self.out_proj = dense(self.width, ("qkv", "embed"), "out_proj", dtype=self.dtype)
 
-    def __call__(self, x, allowed):
+    def __call__(self, x, causal: bool):
         b, n, _ = x.shape
         dh = self.width // self.heads
         q, k, v = jnp.split(self.in_proj(x), 3, axis=-1)
         q, k, v = (t.reshape(b, n, self.heads, dh) for t in (q, k, v))
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q * dh ** -0.5, k).astype(jnp.float32)
-        if allowed is not None:  # None: full attention (vision tower)
-            logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
-        attn = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, n, self.width)
-        return self.out_proj(out)
+        return self.out_proj(attention(q, k, v, causal=causal).reshape(b, n, self.width))
 
 
 class Mlp(nn.Module):
@@ -92,8 +89,8 @@ class ResidualAttentionBlock(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, allowed):
-        x = x + MultiheadAttention(self.width, self.heads, self.dtype, name="attn")(layer_norm("ln_1")(x), allowed)
+    def __call__(self, x, causal: bool):
+        x = x + MultiheadAttention(self.width, self.heads, self.dtype, name="attn")(layer_norm("ln_1")(x), causal)
         return x + Mlp(self.width, self.dtype, name="mlp")(layer_norm("ln_2")(x))
 
 
@@ -104,9 +101,9 @@ class Transformer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, allowed):
+    def __call__(self, x, causal: bool):
         for i in range(self.layers):
-            x = ResidualAttentionBlock(self.width, self.heads, self.dtype, name=f"resblocks_{i}")(x, allowed)
+            x = ResidualAttentionBlock(self.width, self.heads, self.dtype, name=f"resblocks_{i}")(x, causal)
         return x
 
 
@@ -141,10 +138,8 @@ class ClipText(nn.Module):
         """All token states after ln_final, [B, L, width]."""
         if ids.ndim != 2 or ids.shape[1] != self.context_length:
             raise ValueError(f"text ids must be [B, {self.context_length}], got {ids.shape}")
-        n = self.context_length
         x = self.token_embedding(ids) + self.positional_embedding
-        causal = jnp.asarray(np.tril(np.ones((n, n), bool)))[None, None]
-        return self.ln_final(self.transformer(x.astype(self.dtype), causal))
+        return self.ln_final(self.transformer(x.astype(self.dtype), True))
 
     def __call__(self, ids):
         x = self.states(ids)
@@ -251,7 +246,7 @@ class ClipVision(nn.Module):
                          ((r // p) ** 2 + 1, self.width))
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, self.width)), x], axis=1) + pos
         x = layer_norm("ln_pre")(x)
-        x = Transformer(self.width, self.layers, self.heads, self.dtype, name="transformer")(x, None)
+        x = Transformer(self.width, self.layers, self.heads, self.dtype, name="transformer")(x, False)
         x = layer_norm("ln_post")(x[:, 0])
         proj = self.param("proj", part(nn.initializers.normal(scale), ("embed", "proj")), (self.width, self.output_dim))
         return x @ proj

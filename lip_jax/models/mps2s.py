@@ -40,6 +40,8 @@ import numpy as np
 from flax import linen as nn
 
 from lip_jax.models.clip import ClipText, config_from_any, dense, layer_norm, part
+from lip_jax.ops.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
+from lip_jax.ops.attention import attention
 from lip_jax.train.partitioning import constrain_batch
 
 PRESETS: dict[str, dict] = {
@@ -105,6 +107,9 @@ class MPSConfig:
     # (layers_N, the official key layout) and are stacked inside the step, which costs one copy of
     # the transformer weights. Same function; dropout draws differ from the unrolled loop.
     scan_layers: bool = False
+    # Full-sequence attention backend (lip_jax.ops.attention): "auto" = cuDNN flash attention on GPU
+    # for bfloat16, XLA otherwise; "xla" / "cudnn" force one. Cached decoding always uses XLA.
+    attention: str = "auto"
 
     def __post_init__(self):
         object.__setattr__(self, "attn_types_dec", _as_tuple(self.attn_types_dec))
@@ -123,6 +128,8 @@ class MPSConfig:
             raise ValueError(f"kernel_size must be >= 1, got {self.kernel_size}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attention must be one of {ATTENTION_IMPLEMENTATIONS}, got {self.attention!r}")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {self.remat!r}")
 
@@ -211,6 +218,7 @@ class Attention(nn.Module):
     dim_head: int
     dropout: float = 0.0
     dtype: Any = jnp.float32
+    implementation: str = "auto"
 
     def setup(self):
         inner = self.heads * self.dim_head
@@ -223,20 +231,17 @@ class Attention(nn.Module):
     def kv(self, y):
         return self.k_linear(y), self.v_linear(y)
 
-    def __call__(self, x, k, v, allowed=None, deterministic: bool = True):
-        """x [B, Q, dim]; k, v [B, K, inner]; allowed broadcastable to [B, heads, Q, K]."""
+    def __call__(self, x, k, v, allowed=None, causal: bool = False, deterministic: bool = True):
+        """x [B, Q, dim]; k, v [B, K, inner]; allowed (True = may attend) broadcastable to
+        [B, heads, Q, K] or None; causal adds k <= q."""
         b, nq, _ = x.shape
         h, dh = self.heads, self.dim_head
         q = self.q_linear(x).reshape(b, nq, h, dh)
         k = k.reshape(b, k.shape[1], h, dh)
         v = v.reshape(b, v.shape[1], h, dh)
         q, k, v = constrain_batch((q, k, v))
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * dh ** -0.5
-        if allowed is not None:
-            logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
-        attn = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, nq, h * dh)
-        return self.drop(self.to_out(out), deterministic=deterministic)
+        out = attention(q, k, v, mask=allowed, causal=causal, implementation=self.implementation)
+        return self.drop(self.to_out(out.reshape(b, nq, h * dh)), deterministic=deterministic)
 
     def attend(self, x, parts):
         """Cached decoding (no dropout): one softmax over several key/value sets, parts =
@@ -298,10 +303,12 @@ class Block(nn.Module):
     cfg: MPSConfig
     index: int
     cross: bool
+    causal: bool = False  # full-sequence self-attention only sees k <= q (the decoder)
 
     def setup(self):
         c = self.cfg
-        attn = lambda name: Attention(c.dim, c.heads, c.dim_head, c.attn_dropout, c.jnp_dtype, name=name)
+        attn = lambda name: Attention(c.dim, c.heads, c.dim_head, c.attn_dropout, c.jnp_dtype, c.attention,  # noqa: E731
+                                      name=name)
         self.atten_norm = layer_norm("atten_norm")
         self.attention = attn("attention")
         self.attention_scale = LayerScale(c.dim, self.index, name="attention_scale")
@@ -339,7 +346,7 @@ class Block(nn.Module):
             valid = valid & (total == total)
             new_cache = (_write(ck, k, start, valid, 3), _write(cv, v, start, valid, 2))
         else:
-            att = self.attention(h, k, v, allowed, deterministic)
+            att = self.attention(h, k, v, allowed, self.causal, deterministic)
         x = x + self.attention_scale(att)
         if self.cross and cache is not None:
             cond = self.attention_cond.attend(self.atten_norm_cond(x), [(*context, None)])
@@ -347,7 +354,7 @@ class Block(nn.Module):
         elif self.cross:
             ck, cv = self.attention_cond.kv(context)
             x = x + self.attention_scale_cond(
-                self.attention_cond(self.atten_norm_cond(x), ck, cv, None, deterministic))
+                self.attention_cond(self.atten_norm_cond(x), ck, cv, None, False, deterministic))
         x = x + self.ff_scale(self.ff(self.ff_norm(x), deterministic))
         return constrain_batch(x), new_cache
 
@@ -373,15 +380,15 @@ def block_class(remat: str):
 class Transformer(nn.Module):
     cfg: MPSConfig
     depth: int
-    cross: bool
+    cross: bool  # the decoder: cross-attention and causal self-attention
 
     def setup(self):
         block = block_class(self.cfg.remat)
-        self.layers = [block(self.cfg, i + 1, self.cross, name=f"layers_{i}") for i in range(self.depth)]
+        self.layers = [block(self.cfg, i + 1, self.cross, self.cross, name=f"layers_{i}") for i in range(self.depth)]
 
     def __call__(self, x, allowed=None, cond=None, deterministic: bool = True):
-        """allowed: None or a list of per-layer masks (repeating with period len(attn_types_dec));
-        cond: the cross-attention input [B, L, dim] (decoder) or None."""
+        """allowed: None or a list of per-layer masks or None (repeating with period
+        len(attn_types_dec)); cond: the cross-attention input [B, L, dim] (decoder) or None."""
         period = len(self.cfg.attn_types_dec) if allowed is not None else 1
         if self.cfg.scan_layers and not self.is_initializing() and self.depth % period == 0:
             return self._scan(x, allowed, cond, period, deterministic)
@@ -396,7 +403,7 @@ class Transformer(nn.Module):
         stack = lambda *a: jnp.stack(a)  # noqa: E731
         stacked = [jax.tree_util.tree_map(stack, *[params[f"layers_{g * period + j}"] for g in range(groups)])
                    for j in range(period)]
-        block = Block(self.cfg, 1, self.cross, parent=None)  # the index only sets the LayerScale init
+        block = Block(self.cfg, 1, self.cross, self.cross, parent=None)  # the index only sets the LayerScale init
 
         def layer(p, x, mask, rng):
             rngs = None if deterministic else {"dropout": rng}
@@ -532,7 +539,8 @@ class MPS2S(nn.Module):
         seq = jnp.broadcast_to(jnp.arange(n + 1), (b, n + 1))
         x = self.decoder_inputs(tokens, token_mask, seq)
         qp, kp = np.arange(n + 1)[:, None], np.arange(n + 1)[None, :]
-        masks = {t: jnp.asarray(decoder_allowed(qp, kp, t, c.grid, c.kernel_size)) for t in set(c.attn_types_dec)}
+        # "full" is the blocks' causal attention alone (no mask array: cuDNN's causal kernel)
+        masks = {"full": None, "nearby": jnp.asarray(decoder_allowed(qp, kp, "nearby", c.grid, c.kernel_size))}
         allowed = [masks[t] for t in c.dec_layer_types()]
         x = self.transformer_dec(x, allowed, cond, deterministic)
         return self.logits_head(x[:, :-1])
