@@ -66,8 +66,8 @@ def forward_flops(cfg) -> float:
     n, nv, d, inner = cfg.num_tokens, cfg.vit_grid[0] * cfg.vit_grid[1], cfg.dim, cfg.inner_dim
     ff = 2 * d * d * cfg.ff_mult * 3  # GEGLU: d -> 2 * mult * d, mult * d -> d
     enc = lambda length: length * (2 * 4 * d * inner + 2 * 2 * length * inner + ff)
-    dec_tok = 2 * 4 * d * inner + 2 * 2 * (n + 1) * inner + 2 * 2 * d * inner + 2 * 2 * cfg.cond_len * inner + ff
-    dec = cfg.dec_depth * ((n + 1) * dec_tok + cfg.cond_len * 2 * 2 * d * inner)
+    dec_tok = 2 * 4 * d * inner + 2 * 2 * n * inner + 2 * 2 * d * inner + 2 * 2 * cfg.cond_len * inner + ff
+    dec = cfg.dec_depth * (n * dec_tok + cfg.cond_len * 2 * 2 * d * inner)
     return cfg.enc_depth * (enc(n) + enc(nv)) + dec + 2 * n * d * cfg.vqvae_vocab_size
 
 

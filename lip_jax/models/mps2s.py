@@ -536,14 +536,16 @@ class MPS2S(nn.Module):
         c = self.cfg
         b, n = tokens.shape
         cond = self.encode(tokens, token_mask, image, text_ids, deterministic)
-        seq = jnp.broadcast_to(jnp.arange(n + 1), (b, n + 1))
+        # BOS + tokens[:-1]: the official sequence also feeds the last token, whose output is unused
+        # and (causal) changes no other output; n positions keep cuDNN's even-length kernels usable.
+        seq = jnp.broadcast_to(jnp.arange(n), (b, n))
         x = self.decoder_inputs(tokens, token_mask, seq)
-        qp, kp = np.arange(n + 1)[:, None], np.arange(n + 1)[None, :]
+        qp, kp = np.arange(n)[:, None], np.arange(n)[None, :]
         # "full" is the blocks' causal attention alone (no mask array: cuDNN's causal kernel)
         masks = {"full": None, "nearby": jnp.asarray(decoder_allowed(qp, kp, "nearby", c.grid, c.kernel_size))}
         allowed = [masks[t] for t in c.dec_layer_types()]
         x = self.transformer_dec(x, allowed, cond, deterministic)
-        return self.logits_head(x[:, :-1])
+        return self.logits_head(x)
 
     # -- cached decoding ------------------------------------------------------------------------------
     def decode_chunk(self, tokens, token_mask, seq_pos, valid, query_index, cross_kv, caches):

@@ -12,15 +12,16 @@ import jax.numpy as jnp
 IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 
 
-def resolve(implementation: str, dtype, head_dim: int) -> str | None:
-    """The jax.nn.dot_product_attention backend for `implementation` ("auto": cuDNN where it applies,
-    i.e. on GPU for 16-bit inputs with a head size it supports; otherwise XLA)."""
+def resolve(implementation: str, dtype, head_dim: int, q_len: int, kv_len: int, masked: bool) -> str:
+    """The jax.nn.dot_product_attention backend for `implementation` ("auto": cuDNN where its flash
+    kernel applies: GPU, 16-bit inputs, head size a multiple of 8 up to 128, and with a mask or causal
+    even query / key lengths, which its backward pass needs; otherwise XLA)."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"attention implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     if implementation != "auto":
         return implementation
     cudnn_ok = (jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
-                and head_dim % 8 == 0 and head_dim <= 128)
+                and head_dim % 8 == 0 and head_dim <= 128 and not (masked and (q_len % 2 or kv_len % 2)))
     return "cudnn" if cudnn_ok else "xla"
 
 
@@ -31,5 +32,5 @@ def attention(q, k, v, *, mask=None, causal: bool = False, implementation: str =
     if mask is not None:
         mask = jnp.asarray(mask, bool)
         mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
-    impl = resolve(implementation, q.dtype, q.shape[-1])
+    impl = resolve(implementation, q.dtype, q.shape[-1], q.shape[1], k.shape[1], mask is not None or causal)
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation=impl)
