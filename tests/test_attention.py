@@ -34,17 +34,17 @@ def test_attention_matches_masked_softmax(kind):
 
 
 def test_implementation_choice():
-    assert resolve("auto", jnp.float32, 64, 1024, 1024, True) == "xla"
+    assert resolve("auto", jnp.float32, 64, 1024, 1024) == "xla"
     if jax.default_backend() != "gpu":
-        assert resolve("auto", jnp.bfloat16, 64, 1024, 1024, True) == "xla"
+        assert resolve("auto", jnp.bfloat16, 64, 1024, 1024) == "xla"
     else:
-        assert resolve("auto", jnp.bfloat16, 64, 1024, 1024, True) == "cudnn"
-        assert resolve("auto", jnp.bfloat16, 64, 77, 77, True) == "xla"  # odd lengths with a mask
-        assert resolve("auto", jnp.bfloat16, 64, 1024, 1357, False) == "cudnn"
-        assert resolve("auto", jnp.bfloat16, 256, 1024, 1024, False) == "xla"
-    assert resolve("cudnn", jnp.float32, 64, 8, 8, False) == "cudnn"
+        assert resolve("auto", jnp.bfloat16, 64, 1024, 1024) == "cudnn"
+        assert resolve("auto", jnp.bfloat16, 64, 77, 77) == "xla"  # odd lengths: cuDNN's backward refuses
+        assert resolve("auto", jnp.bfloat16, 64, 1024, 1357) == "xla"
+        assert resolve("auto", jnp.bfloat16, 256, 1024, 1024) == "xla"
+    assert resolve("cudnn", jnp.float32, 64, 8, 8) == "cudnn"
     with pytest.raises(ValueError, match="attention implementation"):
-        resolve("flash", jnp.float32, 64, 8, 8, False)
+        resolve("flash", jnp.float32, 64, 8, 8)
     with pytest.raises(ValueError, match="attention must be one of"):
         MPSConfig(attention="flash")
 

@@ -68,3 +68,39 @@ def test_collective_bytes_apply_trip_counts():
     assert stats["unknown_trip_loops"] == 0
     unknown = hlo_cost.parse_hlo(HLO.replace(', backend_config={"known_trip_count":{"n":"7"}}', ""))
     assert unknown["collectives"]["all-reduce"] == 256 * 4 and unknown["unknown_trip_loops"] == 1
+
+
+# What XLA:GPU emits instead of dot / convolution: cuBLAS GEMMs, cuDNN convolutions in all three
+# directions (dim_labels and window always those of the forward convolution) and cuDNN attention.
+GPU_HLO = """
+HloModule g
+
+ENTRY %main (a: f32[32,16], b: f32[32,8], x: f32[2,8,8,4], w: f32[6,3,3,4], dy: f32[2,8,8,6], q: bf16[2,16,4,8], k: bf16[2,24,4,8]) -> f32[16,8] {
+  %a = f32[32,16]{1,0} parameter(0)
+  %b = f32[32,8]{1,0} parameter(1)
+  %x = f32[2,8,8,4]{3,2,1,0} parameter(2)
+  %w = f32[6,3,3,4]{3,2,1,0} parameter(3)
+  %dy = f32[2,8,8,6]{3,2,1,0} parameter(4)
+  %q = bf16[2,16,4,8]{3,2,1,0} parameter(5)
+  %k = bf16[2,24,4,8]{3,2,1,0} parameter(6)
+  %gemm = (f32[16,8]{1,0}, s8[1024]{0}) custom-call(%a, %b), custom_call_target="__cublas$lt$matmul", backend_config={"gemm_backend_config":{"dot_dimension_numbers":{"lhs_batch_dimensions":[],"lhs_contracting_dimensions":["0"],"rhs_batch_dimensions":[],"rhs_contracting_dimensions":["0"]}}}
+  %fwd = (f32[2,8,8,6]{3,2,1,0}, u8[16]{0}) custom-call(%x, %w), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convForward"
+  %bwi = (f32[2,8,8,4]{3,2,1,0}, u8[16]{0}) custom-call(%dy, %w), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convBackwardInput"
+  %bwf = (f32[6,3,3,4]{3,2,1,0}, u8[16]{0}) custom-call(%x, %dy), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convBackwardFilter"
+  %att = (bf16[2,16,4,8]{3,2,1,0}, f32[2,4,16]{2,1,0}, u8[16]{0}) custom-call(%q, %k, %k), custom_call_target="__cudnn$fmhaSoftmax"
+  %attb = (bf16[2,16,4,8]{3,2,1,0}, bf16[2,24,4,8]{3,2,1,0}, bf16[2,24,4,8]{3,2,1,0}, u8[16]{0}) custom-call(%q, %k, %k), custom_call_target="__cudnn$fmhaSoftmaxBackward"
+  ROOT %out = f32[16,8]{1,0} get-tuple-element(%gemm), index=0
+}
+"""
+
+
+def test_gpu_library_calls_count_as_the_math_they_replace():
+    conv = 2 * (2 * 8 * 8 * 6) * (3 * 3 * 4)  # forward output x (taps x input channels), each direction
+    attention = 2 * (2 * 4 * 16 * 24 * 8)  # one B x N x T x S x H matmul
+    assert hlo_cost.parse_hlo(GPU_HLO)["matmul_flops"] == 2 * 16 * 8 * 32 + 3 * conv + 2 * attention + 4 * attention
+    # each call on its own, so a wrong direction cannot hide behind another
+    for name, flops in [("gemm", 2 * 16 * 8 * 32), ("fwd", conv), ("bwi", conv), ("bwf", conv),
+                        ("att", 2 * attention), ("attb", 4 * attention)]:
+        lines = [ln for ln in GPU_HLO.splitlines()
+                 if "custom-call" not in ln or ln.strip().startswith(f"%{name} ")]
+        assert hlo_cost.parse_hlo("\n".join(lines))["matmul_flops"] == flops, name

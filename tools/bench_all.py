@@ -28,6 +28,7 @@ BEGIN, END = "<!-- perf-table -->", "<!-- /perf-table -->"
 
 # name -> (title, arguments of tools/bench_NAME.py)
 BENCHES = {
+    "device": ("Device ceilings: memory bandwidth and dense matmul rate", ["--copy-mib", "256", "--n", "2048"]),
     "dfvqgan": ("DF-VQGAN inference and training step, JAX vs the PyTorch reference, same weights",
                 ["--res", "128", "--batch", "2", "--iters", "2"]),  # 256 px: ~15 min more on 2 cores
     "data": ("Stage-2 input pipeline (256 px JPEG decode, augmentation, mask, tokenise, batch 32)", []),

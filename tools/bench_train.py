@@ -1,4 +1,4 @@
-"""Train-step throughput of both stages: steps/s, images/s, tokens/s, FLOPs and MFU.
+"""Train-step throughput of both stages: steps/s, images/s, tokens/s, FLOPs and FLOP utilisation.
 
     python tools/bench_train.py                          # demo and mid sizes (CPU-friendly)
     python tools/bench_train.py --sizes official --batch 8 --peak-tflops 989   # on an accelerator
@@ -7,8 +7,10 @@
 Runs the real jitted train steps (lip_jax.train.stage1 / stage2, the same functions `lip-jax train`
 uses) on random data with all devices in one data-parallel mesh, after one warm-up call that
 compiles. FLOPs per step are the matmul + convolution FLOPs of the compiled step's HLO
-(tools/hlo_cost.py, loop trip counts applied); MFU is reported when
---peak-tflops (the accelerator's dense peak for the dtype) is given. Sizes:
+(tools/hlo_cost.py, loop trip counts applied; on GPU the cuBLAS / cuDNN calls count as the math
+they replace); HFU (hardware FLOP utilisation) is reported when --peak-tflops (the accelerator's
+dense peak for the dtype) is given. It counts what the step executes, rematerialised recomputation
+included: MFU is HFU x (FLOPs of the step with remat "none") / (FLOPs with the configured remat). Sizes:
   demo      configs/shapes_demo.py (32 px, 8x8 tokens)
   mid       stage 1: the official DF-VQGAN at 128 px; stage 2: the "mid" MP-S2S (dim 256, 32x32 tokens)
   official  stage 1: 256 px DF-VQGAN (imagenet8192); stage 2: dim 1280, 24/12/12 layers (mps_cc)
@@ -62,7 +64,7 @@ def batch_for(c, stage: int, batch: int, rng):
                 text_ids=rng.integers(1, c.mps.text_vocab_size, (batch, c.mps.text_len)).astype(np.int32))
 
 
-def bench(stage: int, size: str, batch: int, iters: int, peak: float | None, overrides=()) -> dict:
+def bench(stage: int, size: str, batch: int, iters: int, peak: float | None, overrides=(), dump_hlo=None) -> dict:
     from lip_jax.eval.runner import apply_overrides
 
     c = config(stage, size)
@@ -85,6 +87,11 @@ def bench(stage: int, size: str, batch: int, iters: int, peak: float | None, ove
         t0 = time.perf_counter()
         compiled = fn.lower(state, *extra, data).compile()
         compile_s = time.perf_counter() - t0
+        if dump_hlo:
+            import gzip
+
+            with gzip.open(os.path.join(dump_hlo, f"stage{stage}_{size}.hlo.txt.gz"), "wt") as f:
+                f.write(compiled.as_text())
         # matmul / conv FLOPs with loop trip counts (cost_analysis counts a scanned layer once)
         flops = float(parse_hlo(compiled.as_text())["matmul_flops"])
         state, m = compiled(state, *extra, data)
@@ -98,7 +105,7 @@ def bench(stage: int, size: str, batch: int, iters: int, peak: float | None, ove
     row = dict(stage=stage, size=size, batch=batch, resolution=int(c.vqgan.resolution), s_per_step=dt,
                steps_per_s=1 / dt, images_per_s=batch / dt, tokens_per_s=tokens / dt if tokens else None,
                gflop_per_step=flops / 1e9, achieved_tflops=flops / dt / 1e12, compile_s=compile_s)
-    row["mfu"] = row["achieved_tflops"] / peak if peak else None
+    row["hfu"] = row["achieved_tflops"] / peak if peak else None
     if stage == 2:
         row.update(dtype=c.mps.dtype, attention=c.mps.get("attention", "auto"), remat=c.mps.remat)
     return row
@@ -110,7 +117,8 @@ def main(argv=None) -> int:
     p.add_argument("--stages", nargs="+", type=int, default=[1, 2], choices=[1, 2])
     p.add_argument("--batch", type=int, default=0, help="global batch (default: 8 demo, 2 otherwise)")
     p.add_argument("--iters", type=int, default=3)
-    p.add_argument("--peak-tflops", type=float, help="device peak TFLOP/s for MFU (e.g. 989 for H100 bf16 dense)")
+    p.add_argument("--peak-tflops", type=float, help="device peak TFLOP/s for HFU (e.g. 989 for H100 bf16 dense)")
+    p.add_argument("--dump-hlo", metavar="DIR", help="write each compiled step's HLO text (gzip) into DIR")
     p.add_argument("--set", action="append", default=[],
                    help="config override key=value, applied where the stage's config has that section "
                         "(e.g. mps.dtype=bfloat16)")
@@ -119,20 +127,20 @@ def main(argv=None) -> int:
     for size in args.sizes:
         for stage in args.stages:
             batch = args.batch or (8 if size == "demo" else 2)
-            rows.append(bench(stage, size, batch, args.iters, args.peak_tflops, args.set))
+            rows.append(bench(stage, size, batch, args.iters, args.peak_tflops, args.set, args.dump_hlo))
             print(f"# stage {stage} {size}: {rows[-1]['s_per_step']:.3f} s/step", file=sys.stderr, flush=True)
     dev = jax.devices()[0]
     env = dict(backend=jax.default_backend(), device_kind=dev.device_kind, devices=jax.device_count(),
                jax=jax.__version__, machine=platform.machine(), cpus=os.cpu_count())
     print(f"\nTrain steps on {env['devices']} x {env['device_kind']} ({env['backend']}), JAX {env['jax']}\n")
-    print("| stage | size | compute | resolution | batch | s/step | images/s | tokens/s | GFLOP/step | TFLOP/s | MFU |")
+    print("| stage | size | compute | resolution | batch | s/step | images/s | tokens/s | GFLOP/step | TFLOP/s | HFU |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         tok = f"{r['tokens_per_s']:.0f}" if r["tokens_per_s"] else "-"
-        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else "-"
+        hfu = f"{100 * r['hfu']:.1f}%" if r["hfu"] else "-"
         compute = f"{r['dtype']}, {r['attention']} attention" if r["stage"] == 2 else "float32"
         print(f"| {r['stage']} | {r['size']} | {compute} | {r['resolution']} | {r['batch']} | {r['s_per_step']:.3f} "
-              f"| {r['images_per_s']:.2f} | {tok} | {r['gflop_per_step']:.1f} | {r['achieved_tflops']:.3f} | {mfu} |")
+              f"| {r['images_per_s']:.2f} | {tok} | {r['gflop_per_step']:.1f} | {r['achieved_tflops']:.3f} | {hfu} |")
     print(json.dumps({"bench": "train", **env, "rows": rows}))
     return 0
 

@@ -81,6 +81,8 @@ def parse_hlo(text: str) -> dict:
                 local[name][base] += operand_bytes(rest)
             if op in ("dot", "convolution"):
                 local[name]["flops"] += _matmul_flops(op, result, rest, shapes)
+            elif op == "custom-call":
+                local[name]["flops"] += _library_call_flops(result, rest, shapes)
             if op == "while":
                 body = re.search(r"body=%?([\w.\-]+)", line)
                 trip = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
@@ -142,6 +144,48 @@ def _matmul_flops(op: str, result: str, rest: str, shapes: dict) -> int:
     if not m or len(m.group(1)) != len(rhs):
         return 0
     return 2 * out * math.prod(rhs) // rhs[m.group(1).index("o")]
+
+
+def _library_call_flops(result: str, rest: str, shapes: dict) -> int:
+    """FLOPs of the GPU library calls XLA lowers matmuls, convolutions and fused attention to:
+    cuBLAS GEMMs (contracting dims in the backend config), cuDNN convolutions (dim_labels, as a
+    convolution) and cuDNN flash attention (counted as the dense math it replaces: 2 matmuls of
+    B x N x T x S x H forward, 4 backward, masks ignored, as XLA's attention is counted)."""
+    target = re.search(r'custom_call_target="([^"]+)"', rest)
+    target = target.group(1) if target else ""
+    if target.startswith("__cublas$"):
+        named = re.findall(r"%([\w.\-]+)", _split_operands(rest))
+        m = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', rest)
+        if not named or not m:
+            return 0
+        lhs = _dims(shapes.get(named[0], ""))
+        contracted = math.prod(lhs[int(i)] for i in re.findall(r"\d+", m.group(1)))
+        return 2 * math.prod(_dims(result)) * contracted
+    if target.startswith("__cudnn$conv"):
+        # dim_labels and window are the forward convolution's in every direction; which array is
+        # the forward output and which the kernel depends on the direction
+        named = re.findall(r"%([\w.\-]+)", _split_operands(rest))
+        labels = re.search(r"dim_labels=\w+_(\w+)->", rest)
+        if len(named) < 2 or not labels:
+            return 0
+        ops = [shapes.get(n, "") for n in named[:2]]
+        out, kernel = {"__cudnn$convBackwardInput": (ops[0], ops[1]),
+                       "__cudnn$convBackwardFilter": (ops[1], result)}.get(target, (result, ops[1]))
+        k = _dims(kernel)
+        if len(k) != len(labels.group(1)):
+            return 0
+        return 2 * math.prod(_dims(out)) * math.prod(k) // k[labels.group(1).index("o")]
+    if target.startswith("__cudnn$fmha"):
+        named = re.findall(r"%([\w.\-]+)", _split_operands(rest))
+        if len(named) < 3:
+            return 0
+        q, k = _dims(shapes.get(named[0], "")), _dims(shapes.get(named[1], ""))
+        if len(q) != 4 or len(k) != 4:
+            return 0
+        # B T N H layout (jax.nn.dot_product_attention); T x S from the query and key lengths
+        per_matmul = 2 * q[0] * q[2] * q[1] * k[1] * q[3]
+        return per_matmul * (4 if "Backward" in target else 2)
+    return 0
 
 
 def _short_op(op_name: str) -> str:
