@@ -108,7 +108,8 @@ class MPSConfig:
     # the transformer weights. Same function; dropout draws differ from the unrolled loop.
     scan_layers: bool = False
     # Full-sequence attention backend (lip_jax.ops.attention): "auto" = cuDNN flash attention on GPU
-    # for bfloat16, XLA otherwise; "xla" / "cudnn" force one. Cached decoding always uses XLA.
+    # for bfloat16 where its kernel applies, XLA otherwise; "xla" / "cudnn" force one. Cached
+    # decoding always uses XLA.
     attention: str = "auto"
 
     def __post_init__(self):

@@ -15,7 +15,7 @@ IMPLEMENTATIONS = ("auto", "xla", "cudnn")
 
 
 def resolve(implementation: str, dtype, head_dim: int, q_len: int, kv_len: int) -> str:
-    """The jax.nn.dot_product_attention backend for `implementation` ("auto": cuDNN where its flash
+    """The attention backend for `implementation` ("auto": cuDNN where its flash
     kernel applies: GPU, 16-bit inputs, head size a multiple of 8 up to 128, and even query and key
     lengths, which its backward pass needs (seen on an H100: odd lengths raise); otherwise XLA)."""
     if implementation not in IMPLEMENTATIONS:
@@ -37,8 +37,8 @@ def attention(q, k, v, *, mask=None, causal: bool = False, implementation: str =
         mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
     if resolve(implementation, q.dtype, dh, nq, nk) == "cudnn":
         return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation="cudnn")
-    # XLA: the same math as jax.nn.dot_product_attention(implementation="xla"), which was 9% slower
-    # per MP-S2S training step on CPU (it materialises a [B, H, Q, K] mask for the backward pass).
+    # XLA: the same math as jax.nn.dot_product_attention(implementation="xla"), with which the MP-S2S
+    # "mid" training step took 11.0-11.2 s on CPU against 9.1-9.7 s (tools/bench_train.py).
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * dh ** -0.5
     if causal:
         tri = jnp.asarray(np.tril(np.ones((nq, nk), bool)))
