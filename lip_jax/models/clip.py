@@ -28,6 +28,7 @@ import numpy as np
 from flax import linen as nn
 
 from lip_jax.ops.attention import attention
+from lip_jax.train.partitioning import constrain_batch
 
 LN_EPS = 1e-5  # torch.nn.LayerNorm default
 
@@ -90,8 +91,10 @@ class ResidualAttentionBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, causal: bool):
+        # batch-parallel under FSDP: unpinned, the text tower ran on the global batch (plan, 256 devices)
+        x = constrain_batch(x)
         x = x + MultiheadAttention(self.width, self.heads, self.dtype, name="attn")(layer_norm("ln_1")(x), causal)
-        return x + Mlp(self.width, self.dtype, name="mlp")(layer_norm("ln_2")(x))
+        return constrain_batch(x + Mlp(self.width, self.dtype, name="mlp")(layer_norm("ln_2")(x)))
 
 
 class Transformer(nn.Module):
