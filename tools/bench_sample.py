@@ -23,12 +23,15 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lip_jax import sample  # noqa: E402
 from lip_jax.convert.mps2s import param_template  # noqa: E402
+from lip_jax.cli import UsageError  # noqa: E402
+from lip_jax.eval.runner import apply_overrides  # noqa: E402
 from lip_jax.models import mps2s  # noqa: E402
 
 
@@ -106,8 +109,10 @@ def step_bytes(cfg, batch) -> float:
 def bench(preset, batch, hole, top_k, max_recompute_s, prev=None, estimate_forward=False, reps=1,
           overrides=(), mem_bw=None):
     cfg = mps2s.MPSConfig.from_any(preset)
-    if overrides:
-        cfg = dataclasses.replace(cfg, **overrides)
+    if overrides:  # key=value strings, typed and checked as `lip-jax eval --set` does
+        fields = ml_collections.ConfigDict(dataclasses.asdict(cfg))
+        apply_overrides(fields, overrides)
+        cfg = mps2s.MPSConfig.from_any(fields)
     params = jax.device_put(random_params(cfg))
     x = inputs(cfg, batch, hole)
     holes = int(np.asarray(x["token_mask"][0]).sum())
@@ -171,17 +176,13 @@ def main():
     ap.add_argument("--estimate-forward", action="store_true",
                     help="extrapolate later presets' forward time by FLOPs instead of measuring it")
     args = ap.parse_args()
-    overrides = {}
-    for item in args.set:
-        key, _, text = item.partition("=")
-        old = getattr(mps2s.MPSConfig(), key, None)
-        if old is None or isinstance(old, tuple):
-            ap.error(f"--set {item}: not a scalar MPSConfig field")
-        overrides[key] = text.lower() in ("true", "1") if isinstance(old, bool) else type(old)(text)
     rows, prev = [], None
     for p in args.presets.split(","):
-        prev = bench(p, args.batch, args.hole, args.top_k, args.max_recompute_s, prev, args.estimate_forward,
-                     max(1, args.reps), overrides, args.mem_bw_gbs)
+        try:
+            prev = bench(p, args.batch, args.hole, args.top_k, args.max_recompute_s, prev, args.estimate_forward,
+                         max(1, args.reps), args.set, args.mem_bw_gbs)
+        except UsageError as e:
+            ap.error(str(e))
         rows.append(prev)
         print(f"# {p}: done", file=sys.stderr, flush=True)
     dev = jax.devices()[0]

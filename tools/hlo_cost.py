@@ -153,8 +153,8 @@ def _library_call_flops(result: str, rest: str, shapes: dict) -> int:
     B x N x T x S x H forward, 4 backward, masks ignored, as XLA's attention is counted)."""
     target = re.search(r'custom_call_target="([^"]+)"', rest)
     target = target.group(1) if target else ""
+    named = re.findall(r"%([\w.\-]+)", _split_operands(rest))
     if target.startswith("__cublas$"):
-        named = re.findall(r"%([\w.\-]+)", _split_operands(rest))
         m = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', rest)
         if not named or not m:
             return 0
@@ -164,7 +164,6 @@ def _library_call_flops(result: str, rest: str, shapes: dict) -> int:
     if target.startswith("__cudnn$conv"):
         # dim_labels and window are the forward convolution's in every direction; which array is
         # the forward output and which the kernel depends on the direction
-        named = re.findall(r"%([\w.\-]+)", _split_operands(rest))
         labels = re.search(r"dim_labels=\w+_(\w+)->", rest)
         if len(named) < 2 or not labels:
             return 0
@@ -176,7 +175,6 @@ def _library_call_flops(result: str, rest: str, shapes: dict) -> int:
             return 0
         return 2 * math.prod(_dims(out)) * math.prod(k) // k[labels.group(1).index("o")]
     if target.startswith("__cudnn$fmha"):
-        named = re.findall(r"%([\w.\-]+)", _split_operands(rest))
         if len(named) < 3:
             return 0
         q, k = _dims(shapes.get(named[0], "")), _dims(shapes.get(named[1], ""))
