@@ -8,7 +8,9 @@ square hole covering ~`hole` of the token grid. The recompute baseline is skippe
 (holes x one full forward) exceeds --max-recompute-s; the full-forward time is then measured or,
 with --estimate-forward, extrapolated from the previous preset by FLOP count (stated in the output).
 The cached sampler is timed --reps times after a compiling call (median reported), the recompute
-sampler once. Prints a Markdown table and one final JSON line (backend, device, versions, shapes).
+sampler once. With --trace DIR one more cached run is profiled and tools/trace_summary.py reports the
+device time per decoding step. Prints a Markdown table and one final JSON line (backend, device,
+versions, shapes).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from lip_jax.convert.mps2s import param_template  # noqa: E402
 from lip_jax.cli import UsageError  # noqa: E402
 from lip_jax.eval.runner import apply_overrides  # noqa: E402
 from lip_jax.models import mps2s  # noqa: E402
+from trace_summary import traced  # noqa: E402  (tools/ is the script directory)
 
 
 def random_params(cfg, seed=0):
@@ -44,7 +47,7 @@ def random_params(cfg, seed=0):
             return np.full(s.shape, 0.1, np.float32)
         if len(s.shape) == 1:
             return ((name == "scale") + 0.02 * rng.standard_normal(s.shape, np.float32)).astype(np.float32)
-        fan_in = s.shape[-2] * (int(np.prod(s.shape[:-2])) if len(s.shape) == 4 else 1)
+        fan_in = int(np.prod(s.shape[:-1])) if len(s.shape) == 4 else s.shape[0]  # conv HWIO; linear [in, ...]
         std = 1.0 if ("emb" in name or "weights" in name) else fan_in ** -0.5
         return (std * rng.standard_normal(s.shape, np.float32)).astype(np.float32)
 
@@ -107,7 +110,7 @@ def step_bytes(cfg, batch) -> float:
 
 
 def bench(preset, batch, hole, top_k, max_recompute_s, prev=None, estimate_forward=False, reps=1,
-          overrides=(), mem_bw=None):
+          overrides=(), mem_bw=None, trace=None):
     cfg = mps2s.MPSConfig.from_any(preset)
     if overrides:  # key=value strings, typed and checked as `lip-jax eval --set` does
         fields = ml_collections.ConfigDict(dataclasses.asdict(cfg))
@@ -123,11 +126,19 @@ def bench(preset, batch, hole, top_k, max_recompute_s, prev=None, estimate_forwa
         cached, t = timed(lambda: run(sample.sample_tokens, 1))
         times.append(t)
     t_cached = float(np.median(times))
+    trace_text = trace_summary = None
+    if trace:  # after the timing, so the profiler's overhead stays out of it
+        trace = os.path.join(trace, f"sample_{preset}_b{batch}")
+        with jax.profiler.trace(trace, create_perfetto_trace=True):
+            jax.block_until_ready(run(sample.sample_tokens, 1))
+        trace_text, trace_summary = traced(trace, per=holes)
     row = dict(preset=preset, grid=f"{cfg.grid[0]}x{cfg.grid[1]}", dim=cfg.dim,
                layers=f"{cfg.dec_depth}+{cfg.enc_depth}+{cfg.enc_depth}", batch=batch, holes=holes,
                cached_s_per_image=t_cached / batch, cached_tok_per_s=holes * batch / t_cached,
                cached_ms_per_step=1000 * t_cached / holes, cached_times_s=times,
                cached_compile_s=t_first - t_cached, shapes=shapes(cfg, x, batch))
+    if trace:
+        row.update(trace_text=trace_text, trace=trace_summary)
     fwd = jax.jit(lambda p: mps2s.MPS2S(cfg).apply({"params": p}, x["tokens"], x["token_mask"], x["image"],
                                                    x["text_ids"]))
     if estimate_forward and prev is not None:
@@ -173,6 +184,7 @@ def main():
                     help="MPSConfig field override, e.g. dtype=bfloat16")
     ap.add_argument("--mem-bw-gbs", type=float,
                     help="device memory bandwidth (GB/s): reports the bandwidth floor of a decoding step")
+    ap.add_argument("--trace", metavar="DIR", help="profile one cached run into DIR and summarise it per step")
     ap.add_argument("--estimate-forward", action="store_true",
                     help="extrapolate later presets' forward time by FLOPs instead of measuring it")
     args = ap.parse_args()
@@ -180,7 +192,7 @@ def main():
     for p in args.presets.split(","):
         try:
             prev = bench(p, args.batch, args.hole, args.top_k, args.max_recompute_s, prev, args.estimate_forward,
-                         max(1, args.reps), args.set, args.mem_bw_gbs)
+                         max(1, args.reps), args.set, args.mem_bw_gbs, args.trace)
         except UsageError as e:
             ap.error(str(e))
         rows.append(prev)
@@ -205,6 +217,9 @@ def main():
     for r in rows:
         print(f"KV cache ({r['preset']}, batch 8, {r['dtype']}): self-attention {r['kv_self_bytes_batch8'] / 2**30:.2f} GiB, "
               f"cross-attention K/V {r['kv_cross_bytes_batch8'] / 2**30:.2f} GiB")
+    for r in rows:
+        if r.get("trace_text"):
+            print(f"\n{r['preset']}, batch {r['batch']}, per decoding step:" + r.pop("trace_text"))
     print(json.dumps(dict(backend=jax.default_backend(), device_kind=dev.device_kind, devices=jax.device_count(),
                           cpu_count=os.cpu_count(), jax=jax.__version__, batch=args.batch, hole=args.hole,
                           top_k=args.top_k, reps=args.reps, matmul_precision=str(jax.config.jax_default_matmul_precision),

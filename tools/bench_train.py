@@ -14,7 +14,8 @@ included: MFU is HFU x (FLOPs of the step with remat "none") / (FLOPs with the c
   demo      configs/shapes_demo.py (32 px, 8x8 tokens)
   mid       stage 1: the official DF-VQGAN at 128 px; stage 2: the "mid" MP-S2S (dim 256, 32x32 tokens)
   official  stage 1: 256 px DF-VQGAN (imagenet8192); stage 2: dim 1280, 24/12/12 layers (mps_cc)
-Prints a Markdown table and one final JSON line.
+With --trace DIR the timed steps run once more under the JAX profiler and tools/trace_summary.py
+reports, per step, where the device time went. Prints a Markdown table and one final JSON line.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from hlo_cost import parse_hlo  # noqa: E402  (tools/ is the script directory)
+from trace_summary import traced  # noqa: E402
 from lip_jax.cli import load_config  # noqa: E402
 from lip_jax.models import dfvqgan  # noqa: E402
 from lip_jax.train import partitioning, stage1, stage2  # noqa: E402
@@ -64,7 +66,8 @@ def batch_for(c, stage: int, batch: int, rng):
                 text_ids=rng.integers(1, c.mps.text_vocab_size, (batch, c.mps.text_len)).astype(np.int32))
 
 
-def bench(stage: int, size: str, batch: int, iters: int, peak: float | None, overrides=(), dump_hlo=None) -> dict:
+def bench(stage: int, size: str, batch: int, iters: int, peak: float | None, overrides=(), dump_hlo=None,
+          trace=None) -> dict:
     from lip_jax.eval.runner import apply_overrides
 
     c = config(stage, size)
@@ -94,6 +97,9 @@ def bench(stage: int, size: str, batch: int, iters: int, peak: float | None, ove
                 f.write(compiled.as_text())
         # matmul / conv FLOPs with loop trip counts (cost_analysis counts a scanned layer once)
         flops = float(parse_hlo(compiled.as_text())["matmul_flops"])
+        mem = compiled.memory_analysis()  # peak estimated as tools/plan.py does
+        peak_gib = None if mem is None else (mem.argument_size_in_bytes + mem.output_size_in_bytes
+                                             - mem.alias_size_in_bytes + mem.temp_size_in_bytes) / 2**30
         state, m = compiled(state, *extra, data)
         jax.block_until_ready(m)
         t0 = time.perf_counter()
@@ -101,14 +107,27 @@ def bench(stage: int, size: str, batch: int, iters: int, peak: float | None, ove
             state, m = compiled(state, *extra, data)
         jax.block_until_ready(m)
         dt = (time.perf_counter() - t0) / iters
+        if trace:  # after the timing, so the profiler's overhead stays out of it
+            trace = os.path.join(trace, f"stage{stage}_{size}_b{batch}")
+            with jax.profiler.trace(trace, create_perfetto_trace=True):
+                for _ in range(iters):
+                    state, m = compiled(state, *extra, data)
+                jax.block_until_ready(m)
     tokens = batch * (c.mps.img_size // c.mps.vae_patch_size) ** 2 if stage == 2 else 0
     row = dict(stage=stage, size=size, batch=batch, resolution=int(c.vqgan.resolution), s_per_step=dt,
                steps_per_s=1 / dt, images_per_s=batch / dt, tokens_per_s=tokens / dt if tokens else None,
-               gflop_per_step=flops / 1e9, achieved_tflops=flops / dt / 1e12, compile_s=compile_s)
+               gflop_per_step=flops / 1e9, achieved_tflops=flops / dt / 1e12, compile_s=compile_s,
+               peak_gib=peak_gib)
     row["hfu"] = row["achieved_tflops"] / peak if peak else None
+    if trace:
+        row["trace_text"], row["trace"] = traced(trace, per=iters)
     if stage == 2:
         row.update(dtype=c.mps.dtype, attention=c.mps.get("attention", "auto"), remat=c.mps.remat)
     return row
+
+
+def fmt(v, spec):
+    return "-" if v is None else format(v, spec)
 
 
 def main(argv=None) -> int:
@@ -122,25 +141,37 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[],
                    help="config override key=value, applied where the stage's config has that section "
                         "(e.g. mps.dtype=bfloat16)")
+    p.add_argument("--trace", metavar="DIR", help="profile the timed steps into DIR and summarise the device time")
     args = p.parse_args(argv)
+    sections = set().union(*(config(st, sz).keys() for sz in args.sizes for st in args.stages))
+    unknown = [o for o in args.set if o.split("=")[0].split(".")[0] not in sections]
+    if unknown:
+        p.error(f"--set {unknown[0]}: no config section {unknown[0].split('.')[0]!r} in the stages run "
+                f"(sections: {', '.join(sorted(sections))})")
     rows = []
     for size in args.sizes:
         for stage in args.stages:
             batch = args.batch or (8 if size == "demo" else 2)
-            rows.append(bench(stage, size, batch, args.iters, args.peak_tflops, args.set, args.dump_hlo))
+            rows.append(bench(stage, size, batch, args.iters, args.peak_tflops, args.set, args.dump_hlo,
+                              args.trace))
             print(f"# stage {stage} {size}: {rows[-1]['s_per_step']:.3f} s/step", file=sys.stderr, flush=True)
     dev = jax.devices()[0]
     env = dict(backend=jax.default_backend(), device_kind=dev.device_kind, devices=jax.device_count(),
                jax=jax.__version__, machine=platform.machine(), cpus=os.cpu_count())
     print(f"\nTrain steps on {env['devices']} x {env['device_kind']} ({env['backend']}), JAX {env['jax']}\n")
-    print("| stage | size | compute | resolution | batch | s/step | images/s | tokens/s | GFLOP/step | TFLOP/s | HFU |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| stage | size | compute | resolution | batch | s/step | images/s | tokens/s | GFLOP/step | TFLOP/s | HFU "
+          "| memory GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         tok = f"{r['tokens_per_s']:.0f}" if r["tokens_per_s"] else "-"
         hfu = f"{100 * r['hfu']:.1f}%" if r["hfu"] else "-"
-        compute = f"{r['dtype']}, {r['attention']} attention" if r["stage"] == 2 else "float32"
+        compute = f"{r['dtype']}, {r['attention']} attention, remat {r['remat']}" if r["stage"] == 2 else "float32"
         print(f"| {r['stage']} | {r['size']} | {compute} | {r['resolution']} | {r['batch']} | {r['s_per_step']:.3f} "
-              f"| {r['images_per_s']:.2f} | {tok} | {r['gflop_per_step']:.1f} | {r['achieved_tflops']:.3f} | {hfu} |")
+              f"| {r['images_per_s']:.2f} | {tok} | {r['gflop_per_step']:.1f} | {r['achieved_tflops']:.3f} | {hfu} "
+              f"| {fmt(r['peak_gib'], '.2f')} |")
+    for r in rows:
+        if "trace_text" in r:
+            print(f"\nstage {r['stage']} {r['size']}, batch {r['batch']}, per step:" + r.pop("trace_text"))
     print(json.dumps({"bench": "train", **env, "rows": rows}))
     return 0
 

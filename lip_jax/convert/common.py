@@ -2,7 +2,9 @@
 
 Flax modules are named after their PyTorch counterparts, so a torch key is the Flax path with
 `name_N` written `name.N` and the leaf renamed (kernel/scale/embedding -> weight). Tensor layouts
-differ only by a transpose that depends on the leaf kind; anything else is a model-specific rule.
+differ only by a transpose that depends on the leaf kind (a linear kernel or bias may also split its
+output axis in Flax, e.g. [in, 2, hidden] for a fused GEGLU projection); anything else is a
+model-specific rule.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def to_flax_layout(leaf: str, value: np.ndarray, flax_shape: tuple[int, ...]) ->
     """PyTorch tensor -> Flax array for a leaf of the given kind and Flax shape."""
     if leaf == "kernel" and value.ndim == 4:  # conv OIHW -> HWIO
         value = value.transpose(2, 3, 1, 0)
-    elif leaf == "kernel" and value.ndim == 2:  # linear (out, in) -> (in, out)
+    elif leaf == "kernel" and value.ndim == 2:  # linear (out, in) -> (in, out[, ...])
         value = value.T
     if value.size != int(np.prod(flax_shape)):
         raise ConversionError(f"size mismatch: {value.shape} vs Flax {flax_shape}")
@@ -48,8 +50,8 @@ def to_torch_layout(leaf: str, value: np.ndarray, torch_shape: tuple[int, ...]) 
     value = np.asarray(value)
     if leaf == "kernel" and value.ndim == 4:
         value = value.transpose(3, 2, 0, 1)
-    elif leaf == "kernel" and value.ndim == 2:
-        value = value.T
+    elif leaf == "kernel" and value.ndim in (2, 3):
+        value = value.reshape(value.shape[0], -1).T
     return np.ascontiguousarray(value).reshape(torch_shape)
 
 
@@ -57,8 +59,10 @@ def default_torch_shape(leaf: str, flax_shape: tuple[int, ...]) -> tuple[int, ..
     if leaf == "kernel" and len(flax_shape) == 4:
         kh, kw, i, o = flax_shape
         return (o, i, kh, kw)
-    if leaf == "kernel" and len(flax_shape) == 2:
-        return tuple(reversed(flax_shape))
+    if leaf == "kernel" and len(flax_shape) in (2, 3):  # (in, out[, ...]) -> (out, in)
+        return (int(np.prod(flax_shape[1:])), flax_shape[0])
+    if leaf == "bias" and len(flax_shape) == 2:
+        return (int(np.prod(flax_shape)),)
     return tuple(flax_shape)
 
 

@@ -19,7 +19,9 @@ Logical axis names used by the parameters (for a MaxText-style sharding rule tab
   codebook   DF-VQGAN codebook vector size (vae_emb columns, image_emb input)
   heads      fused heads * dim_head axis of q/k/v/out projections
   qkv        CLIP's fused 3 * width in_proj axis
-  mlp        feed-forward hidden axis (GEGLU doubles it in dense_h_to_8h)
+  mlp        feed-forward hidden axis
+  glu        GEGLU's value / gate half of dense_h_to_8h (kernel [dim, 2, mlp]: each `tensor`
+             shard then holds matching halves, and splitting them moves no data)
   norm       LayerNorm scale / bias
   ctx        text positions
   patch_h, patch_w, rgb   ViT patch convolution window and input channels
@@ -292,8 +294,13 @@ class FeedForward(nn.Module):
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
-        h = constrain_batch(dense(self.dim * self.mult * 2, ("embed", "mlp"), "dense_h_to_8h", dtype=self.dtype)(x))
-        val, gate = jnp.split(h, 2, axis=-1)
+        # [.., 2, mlp] rather than the official fused [.., 2 * mlp]: with mlp over `tensor`, a fused
+        # axis put the value and gate halves on different shards (a collective-permute per layer)
+        h = nn.DenseGeneral((2, self.dim * self.mult), dtype=self.dtype, name="dense_h_to_8h",
+                            kernel_init=part(nn.initializers.lecun_normal(), ("embed", "glu", "mlp")),
+                            bias_init=part(nn.initializers.zeros_init(), ("glu", "mlp")))(x)
+        h = constrain_batch(h)
+        val, gate = h[..., 0, :], h[..., 1, :]
         h = nn.Dropout(self.dropout)(val * jax.nn.gelu(gate, approximate=False), deterministic=deterministic)
         return dense(self.dim, ("mlp", "embed"), "dense_4h_to_h", dtype=self.dtype)(h)
 

@@ -24,6 +24,7 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("heads", "tensor"),
     ("kv", None),
     ("mlp", "tensor"),
+    ("glu", None),
     ("vocab", "tensor"),
     ("embed_in", None),
     ("qkv", "tensor"),
