@@ -98,12 +98,14 @@ class LPIPS(nn.Module):
             raise ValueError(f"LPIPS expects two NHWC RGB batches of one shape, got {x.shape} and {y.shape}")
         if min(x.shape[1:3]) < 16:
             raise ValueError(f"LPIPS-VGG needs images of at least 16x16 pixels, got {x.shape[1]}x{x.shape[2]}")
-        b = x.shape[0]
-        taps = self.features(scaling_layer(jnp.concatenate([x, y], axis=0)))  # one VGG pass for both
+        # one VGG pass for both, interleaved (x0, y0, x1, ...): a batch-sharded device then holds
+        # its own pairs (concatenating [x; y] moved every feature map between devices)
+        xy = jnp.stack([x, y], axis=1).reshape(-1, *x.shape[1:])
+        taps = self.features(scaling_layer(xy))
         total = 0.0
         for k, f in enumerate(taps):
-            f = normalize_channels(f)
-            diff = jnp.square(f[:b] - f[b:])
+            f = normalize_channels(f).reshape(x.shape[0], 2, *f.shape[1:])
+            diff = jnp.square(f[:, 0] - f[:, 1])
             head = getattr(self, f"lin{k}")(diff, deterministic=deterministic)
             total = total + jnp.mean(head, axis=(1, 2), keepdims=True)
         return total
