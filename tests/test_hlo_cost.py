@@ -42,7 +42,7 @@ HloModule m
   %p = (s32[], f32[256]{0}) parameter(0)
   %i = s32[] get-tuple-element(%p), index=0
   %x = f32[256]{0} get-tuple-element(%p), index=1
-  %r = f32[256]{0} all-reduce(%x), replica_groups={{0,1}}, to_apply=%add
+  %r = f32[256]{0} all-reduce(%x), replica_groups={{0,1}}, to_apply=%add, metadata={op_name="jit(step)/transpose(jvp(Net))/ff/dot_general"}
   ROOT %t = (s32[], f32[256]{0}) tuple(%i, %r)
 }
 
@@ -66,6 +66,9 @@ def test_collective_bytes_apply_trip_counts():
     stats = hlo_cost.parse_hlo(HLO)
     assert stats["collectives"] == {"all-reduce": 7 * 256 * 4, "all-gather": 64 * 32 * 4}
     assert stats["unknown_trip_loops"] == 0
+    # per source (op_name tail; the HLO op without metadata), largest first
+    assert stats["collectives_by_op"] == [{"kind": "all-gather", "op": "all-gather", "bytes": 64 * 32 * 4},
+                                          {"kind": "all-reduce", "op": "ff/dot_general", "bytes": 7 * 256 * 4}]
     unknown = hlo_cost.parse_hlo(HLO.replace(', backend_config={"known_trip_count":{"n":"7"}}', ""))
     assert unknown["collectives"]["all-reduce"] == 256 * 4 and unknown["unknown_trip_loops"] == 1
 

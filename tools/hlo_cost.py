@@ -1,5 +1,5 @@
 """Statistics of compiled (post-SPMD, per-device) XLA HLO text: matmul / convolution FLOPs and
-collective bytes with while-loop trip counts applied, and the largest array. XLA's own
+collective bytes (in total and per source op) with while-loop trip counts applied, and the largest array. XLA's own
 `cost_analysis()` counts a loop body once, so it misses scanned layers and accumulation loops.
 Used by tools/plan.py and tools/bench_train.py."""
 
@@ -78,7 +78,10 @@ def parse_hlo(text: str) -> dict:
             result, op, rest = m.group(2), m.group(3), m.group(4)
             base = op[:-len("-start")] if op.endswith("-start") else op
             if base in COLLECTIVES:
-                local[name][base] += operand_bytes(rest)
+                nbytes = operand_bytes(rest)
+                local[name][base] += nbytes
+                meta = re.search(r'op_name="([^"]*)"', line)
+                local[name][(base, _short_op(meta.group(1)) if meta else op)] += nbytes
             if op in ("dot", "convolution"):
                 local[name]["flops"] += _matmul_flops(op, result, rest, shapes)
             elif op == "custom-call":
@@ -116,7 +119,12 @@ def parse_hlo(text: str) -> dict:
     if entry:
         walk(entry, 1)
     flops = totals.pop("flops", 0)
+    by_op = sorted(((k, b) for k, b in totals.items() if isinstance(k, tuple)), key=lambda kb: -kb[1])
+    for k, _ in by_op:
+        del totals[k]
     return {"collectives": dict(totals), "matmul_flops": flops, "unknown_trip_loops": unknown_loops,
+            # where the collective bytes come from: (kind, jax op_name tail), largest first
+            "collectives_by_op": [{"kind": k, "op": op, "bytes": b} for (k, op), b in by_op],
             "largest": {"bytes": largest[0], "shape": largest[1], "op": _short_op(largest[2])}}
 
 

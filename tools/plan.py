@@ -22,7 +22,8 @@ estimated as arguments + outputs - donated aliases + temporaries), and, parsed f
 HLO with the trip counts of enclosing while loops where XLA knows them, matmul + convolution FLOPs
 (`cost_analysis()` counts a loop body once, so it misses scanned layers; kept as xla_cost_flops)
 and collective bytes (operands of all-reduce / all-gather / reduce-scatter / all-to-all /
-collective-permute). These are CPU-compiler estimates of what a TPU / GPU compile would do (different
+collective-permute), with the few source ops (jax op_name) that move the most listed under the
+table. These are CPU-compiler estimates of what a TPU / GPU compile would do (different
 fusion, scheduling and layouts), good for which layout fits, not for the last GiB.
 
 Batch per device: stage 1 6 (the config's 48 per 8-GPU host; the official README launch uses 8,
@@ -213,6 +214,7 @@ def plan_one(recipe, config, mesh_spec, devices, args) -> dict:
         "flops_per_device": float(hlo["matmul_flops"]), "xla_cost_flops": float(cost.get("flops", 0.0)),
         "collective_bytes": hlo["collectives"], "collective_total_bytes": sum(hlo["collectives"].values()),
         "unknown_trip_loops": hlo["unknown_trip_loops"], "largest": hlo["largest"],
+        "top_collectives": hlo["collectives_by_op"][:5],
         "fits": {name: peak <= cap * GiB for name, cap in CAPACITIES},
         "lower_s": round(t_lower, 1), "compile_s": round(t_compile, 1)}
 
@@ -280,6 +282,17 @@ def markdown(rows) -> str:
     return "\n".join(lines)
 
 
+def collective_sources(rows, n: int = 3) -> str:
+    """The ops that move the most collective bytes, per compiled layout (where to look first)."""
+    lines = ["Largest collective sources (GiB per device and step):"]
+    for r in rows:
+        if "error" in r or r.get("same_as") or not r.get("top_collectives"):
+            continue
+        top = "; ".join(f"{c['kind']} {_gib(c['bytes'])} `{c['op']}`" for c in r["top_collectives"][:n])
+        lines.append(f"- {r['recipe']} {r['mesh']}: {top}")
+    return "\n".join(lines)
+
+
 def _reuse_pure_data(rows, counts):
     """Pure data parallelism runs the same per-device program on any device count (replicated
     state, the same per-device batch; only the all-reduce group grows), so it is compiled at the
@@ -328,6 +341,7 @@ def main(argv=None) -> int:
         order = {r: i for i, r in enumerate(RECIPES)}
         rows.sort(key=lambda r: (order[r["recipe"]], r["devices"]))
         print(markdown(rows))
+        print(collective_sources(rows))
         print(json.dumps({"tool": "plan", "merged": args.merge, "seconds": round(seconds, 1), "rows": rows}))
         return 0
 
@@ -384,6 +398,7 @@ def main(argv=None) -> int:
     order = {r: i for i, r in enumerate(RECIPES)}
     rows.sort(key=lambda r: (order[r["recipe"]], r["devices"]))
     print(markdown(rows))
+    print(collective_sources(rows))
     import jax
     print(json.dumps({"tool": "plan", "jax": jax.__version__, "backend": "cpu (simulated devices)",
                       "seconds": round(time.time() - t0, 1), "rows": rows}))
