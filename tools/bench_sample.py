@@ -35,7 +35,7 @@ from lip_jax.convert.mps2s import param_template  # noqa: E402
 from lip_jax.cli import UsageError  # noqa: E402
 from lip_jax.eval.runner import apply_overrides  # noqa: E402
 from lip_jax.models import mps2s  # noqa: E402
-from trace_summary import traced  # noqa: E402  (tools/ is the script directory)
+from trace_summary import profile  # noqa: E402  (tools/ is the script directory)
 
 
 def random_params(cfg, seed=0):
@@ -126,12 +126,9 @@ def bench(preset, batch, hole, top_k, max_recompute_s, prev=None, estimate_forwa
         cached, t = timed(lambda: run(sample.sample_tokens, 1))
         times.append(t)
     t_cached = float(np.median(times))
-    trace_text = trace_summary = None
     if trace:  # after the timing, so the profiler's overhead stays out of it
-        trace = os.path.join(trace, f"sample_{preset}_b{batch}")
-        with jax.profiler.trace(trace, create_perfetto_trace=True):
-            jax.block_until_ready(run(sample.sample_tokens, 1))
-        trace_text, trace_summary = traced(trace, per=holes)
+        trace_text, trace_summary = profile(os.path.join(trace, f"sample_{preset}_b{batch}"),
+                                            lambda: jax.block_until_ready(run(sample.sample_tokens, 1)), holes)
     row = dict(preset=preset, grid=f"{cfg.grid[0]}x{cfg.grid[1]}", dim=cfg.dim,
                layers=f"{cfg.dec_depth}+{cfg.enc_depth}+{cfg.enc_depth}", batch=batch, holes=holes,
                cached_s_per_image=t_cached / batch, cached_tok_per_s=holes * batch / t_cached,

@@ -34,8 +34,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from hlo_cost import parse_hlo  # noqa: E402  (tools/ is the script directory)
-from trace_summary import traced  # noqa: E402
+from hlo_cost import parse_hlo, peak_bytes  # noqa: E402  (tools/ is the script directory)
+from trace_summary import profile  # noqa: E402
 from lip_jax.cli import load_config  # noqa: E402
 from lip_jax.models import dfvqgan  # noqa: E402
 from lip_jax.train import partitioning, stage1, stage2  # noqa: E402
@@ -97,9 +97,8 @@ def bench(stage: int, size: str, batch: int, iters: int, peak: float | None, ove
                 f.write(compiled.as_text())
         # matmul / conv FLOPs with loop trip counts (cost_analysis counts a scanned layer once)
         flops = float(parse_hlo(compiled.as_text())["matmul_flops"])
-        mem = compiled.memory_analysis()  # peak estimated as tools/plan.py does
-        peak_gib = None if mem is None else (mem.argument_size_in_bytes + mem.output_size_in_bytes
-                                             - mem.alias_size_in_bytes + mem.temp_size_in_bytes) / 2**30
+        mem = compiled.memory_analysis()
+        peak_gib = None if mem is None else peak_bytes(mem) / 2**30
         state, m = compiled(state, *extra, data)
         jax.block_until_ready(m)
         t0 = time.perf_counter()
@@ -107,12 +106,15 @@ def bench(stage: int, size: str, batch: int, iters: int, peak: float | None, ove
             state, m = compiled(state, *extra, data)
         jax.block_until_ready(m)
         dt = (time.perf_counter() - t0) / iters
+        trace_text = trace_summary = None
         if trace:  # after the timing, so the profiler's overhead stays out of it
-            trace = os.path.join(trace, f"stage{stage}_{size}_b{batch}")
-            with jax.profiler.trace(trace, create_perfetto_trace=True):
+            def steps():
+                nonlocal state
                 for _ in range(iters):
                     state, m = compiled(state, *extra, data)
                 jax.block_until_ready(m)
+
+            trace_text, trace_summary = profile(os.path.join(trace, f"stage{stage}_{size}_b{batch}"), steps, iters)
     tokens = batch * (c.mps.img_size // c.mps.vae_patch_size) ** 2 if stage == 2 else 0
     row = dict(stage=stage, size=size, batch=batch, resolution=int(c.vqgan.resolution), s_per_step=dt,
                steps_per_s=1 / dt, images_per_s=batch / dt, tokens_per_s=tokens / dt if tokens else None,
@@ -120,14 +122,10 @@ def bench(stage: int, size: str, batch: int, iters: int, peak: float | None, ove
                peak_gib=peak_gib)
     row["hfu"] = row["achieved_tflops"] / peak if peak else None
     if trace:
-        row["trace_text"], row["trace"] = traced(trace, per=iters)
+        row.update(trace_text=trace_text, trace=trace_summary)
     if stage == 2:
         row.update(dtype=c.mps.dtype, attention=c.mps.get("attention", "auto"), remat=c.mps.remat)
     return row
-
-
-def fmt(v, spec):
-    return "-" if v is None else format(v, spec)
 
 
 def main(argv=None) -> int:
@@ -165,10 +163,11 @@ def main(argv=None) -> int:
     for r in rows:
         tok = f"{r['tokens_per_s']:.0f}" if r["tokens_per_s"] else "-"
         hfu = f"{100 * r['hfu']:.1f}%" if r["hfu"] else "-"
+        mem = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
         compute = f"{r['dtype']}, {r['attention']} attention, remat {r['remat']}" if r["stage"] == 2 else "float32"
         print(f"| {r['stage']} | {r['size']} | {compute} | {r['resolution']} | {r['batch']} | {r['s_per_step']:.3f} "
               f"| {r['images_per_s']:.2f} | {tok} | {r['gflop_per_step']:.1f} | {r['achieved_tflops']:.3f} | {hfu} "
-              f"| {fmt(r['peak_gib'], '.2f')} |")
+              f"| {mem} |")
     for r in rows:
         if "trace_text" in r:
             print(f"\nstage {r['stage']} {r['size']}, batch {r['batch']}, per step:" + r.pop("trace_text"))

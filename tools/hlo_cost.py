@@ -1,6 +1,7 @@
-"""Statistics of compiled (post-SPMD, per-device) XLA HLO text: matmul / convolution FLOPs and
-collective bytes (in total and per source op) with while-loop trip counts applied, and the largest array. XLA's own
-`cost_analysis()` counts a loop body once, so it misses scanned layers and accumulation loops.
+"""Statistics of compiled (post-SPMD, per-device) XLA programs: from the HLO text, matmul /
+convolution FLOPs and collective bytes (in total and per source op) with while-loop trip counts
+applied, and the largest array; from the memory analysis, the peak. XLA's own `cost_analysis()`
+counts a loop body once, so it misses scanned layers and accumulation loops.
 Used by tools/plan.py and tools/bench_train.py."""
 
 from __future__ import annotations
@@ -77,11 +78,8 @@ def parse_hlo(text: str) -> dict:
                 continue
             result, op, rest = m.group(2), m.group(3), m.group(4)
             base = op[:-len("-start")] if op.endswith("-start") else op
-            if base in COLLECTIVES:
-                nbytes = operand_bytes(rest)
-                local[name][base] += nbytes
-                meta = re.search(r'op_name="([^"]*)"', line)
-                local[name][(base, _short_op(meta.group(1)) if meta else op)] += nbytes
+            if base in COLLECTIVES:  # keyed by (kind, source op); totals per kind are summed at the end
+                local[name][(base, _short_op(_op_name(line, op)))] += operand_bytes(rest)
             if op in ("dot", "convolution"):
                 local[name]["flops"] += _matmul_flops(op, result, rest, shapes)
             elif op == "custom-call":
@@ -103,8 +101,7 @@ def parse_hlo(text: str) -> dict:
             if op not in ("parameter", "get-tuple-element", "tuple", "bitcast", "constant") and "fused" not in name:
                 size = _shape_bytes(result)
                 if not result.startswith("(") and size > largest[0]:
-                    meta = re.search(r'op_name="([^"]*)"', line)
-                    largest = (size, result.split("{")[0], (meta.group(1) if meta else op))
+                    largest = (size, result.split("{")[0], _op_name(line, op))
 
     totals: collections.Counter = collections.Counter()
 
@@ -119,10 +116,11 @@ def parse_hlo(text: str) -> dict:
     if entry:
         walk(entry, 1)
     flops = totals.pop("flops", 0)
-    by_op = sorted(((k, b) for k, b in totals.items() if isinstance(k, tuple)), key=lambda kb: -kb[1])
-    for k, _ in by_op:
-        del totals[k]
-    return {"collectives": dict(totals), "matmul_flops": flops, "unknown_trip_loops": unknown_loops,
+    by_op = sorted(totals.items(), key=lambda kb: -kb[1])
+    collectives: collections.Counter = collections.Counter()
+    for (kind, _), b in by_op:
+        collectives[kind] += b
+    return {"collectives": dict(collectives), "matmul_flops": flops, "unknown_trip_loops": unknown_loops,
             # where the collective bytes come from: (kind, jax op_name tail), largest first
             "collectives_by_op": [{"kind": k, "op": op, "bytes": b} for (k, op), b in by_op],
             "largest": {"bytes": largest[0], "shape": largest[1], "op": _short_op(largest[2])}}
@@ -131,6 +129,12 @@ def parse_hlo(text: str) -> dict:
 def _dims(shape_text: str) -> list[int]:
     m = _SHAPE.search(shape_text)
     return [int(x) for x in m.group(2).split(",") if x] if m else []
+
+
+def peak_bytes(mem) -> int:
+    """Peak device memory of a compiled program from its `memory_analysis()`: arguments + outputs
+    - donated aliases + temporaries."""
+    return mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
 
 
 def _matmul_flops(op: str, result: str, rest: str, shapes: dict) -> int:
@@ -192,6 +196,11 @@ def _library_call_flops(result: str, rest: str, shapes: dict) -> int:
         per_matmul = 2 * q[0] * q[2] * q[1] * k[1] * q[3]
         return per_matmul * (4 if "Backward" in target else 2)
     return 0
+
+
+def _op_name(line: str, default: str) -> str:
+    m = re.search(r'op_name="([^"]*)"', line)
+    return m.group(1) if m else default
 
 
 def _short_op(op_name: str) -> str:

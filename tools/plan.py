@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 
-from hlo_cost import parse_hlo  # tools/ is the script directory
+from hlo_cost import parse_hlo, peak_bytes  # tools/ is the script directory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -205,7 +205,7 @@ def plan_one(recipe, config, mesh_spec, devices, args) -> dict:
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else {}
     hlo = parse_hlo(compiled.as_text())
-    peak = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
+    peak = peak_bytes(mem)
     return row | info | {
         "argument_bytes": mem.argument_size_in_bytes, "output_bytes": mem.output_size_in_bytes,
         "alias_bytes": mem.alias_size_in_bytes, "temp_bytes": mem.temp_size_in_bytes, "peak_bytes": peak,

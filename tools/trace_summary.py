@@ -149,8 +149,13 @@ def report(summary: dict, per_label: str) -> str:
     return "\n".join(lines)
 
 
-def traced(trace_dir: str, per: float, top: int = 15) -> tuple[str, dict | None]:
-    """(report text, summary) of the newest trace under trace_dir; on a CPU, the reason there is none."""
+def profile(trace_dir: str, fn, per: float, top: int = 15) -> tuple[str, dict | None]:
+    """Run fn() (it must block until its device work is done) under the JAX profiler into trace_dir;
+    (report text, summary) of that trace, or on a CPU the reason there is none."""
+    import jax
+
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+        fn()
     try:
         summary = summarise(load_events(find_trace(trace_dir)), top, per)
     except TraceError as e:
