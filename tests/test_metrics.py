@@ -144,15 +144,15 @@ def test_sharded_batch_fn_over_four_devices():
         import numpy as np, jax, jax.numpy as jnp
         from lip_jax.eval import metrics as M
         assert jax.device_count() == 4
-        from lip_jax.train import partitioning
+        from lip_jax import sharding
         w = {"w": jnp.arange(3.0)}
         seen = []
-        real_global_batch = partitioning.global_batch
+        real_global_batch = sharding.global_batch
         def spy(local, mesh):
             out = real_global_batch(local, mesh)
             seen.extend(a.sharding for a in out.values())
             return out
-        partitioning.global_batch = spy
+        sharding.global_batch = spy
         def fn(v, x, y):
             return {"s": jnp.sum(x * v["w"], axis=(1, 2, 3)) + y, "psnr": M.psnr(x, x + 1.0)}
         run = M.sharded_batch_fn(fn, w)

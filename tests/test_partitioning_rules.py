@@ -1,4 +1,4 @@
-"""Parameter shardings of the compiled train steps follow the rule table (lip_jax.train.partitioning).
+"""Parameter shardings of the compiled train steps follow the rule table (lip_jax.sharding).
 
 The tiny stage-1 and stage-2 steps are compiled, as the trainer jits them, on 4 simulated CPU
 devices under data=4, fsdp=4 and fsdp=2 x tensor=2 (one subprocess: the device count is fixed when
@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from lip_jax.train.partitioning import MESH_AXES, RULES
+from lip_jax.sharding import MESH_AXES, RULES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESHES = ({"data": 4}, {"fsdp": 4}, {"fsdp": 2, "tensor": 2})
@@ -28,7 +28,8 @@ import flax.linen as nn, jax, jax.numpy as jnp
 import hlo_cost, plan
 from lip_jax.cli import load_config
 from lip_jax.convert.dfvqgan import param_template
-from lip_jax.train import partitioning, stage1, stage2
+from lip_jax import sharding
+from lip_jax.train import stage1, stage2
 
 def specs(tree):
     return [[jax.tree_util.keystr(p), list(s.spec)] for p, s in jax.tree_util.tree_leaves_with_path(tree)]
@@ -57,10 +58,10 @@ for path in ["configs/test_stage%d.py" % stage]:
     state = nn.unbox(boxed)
     vq = param_template(c.vqgan) if stage == 2 else None
     for shape in json.loads(sys.argv[2]):
-        mesh = partitioning.make_mesh(shape)
+        mesh = sharding.make_mesh(shape)
         with jax.set_mesh(mesh):
-            sh, notes = partitioning.param_shardings(boxed, mesh)
-            rep = partitioning.replicated(mesh)
+            sh, notes = sharding.param_shardings(boxed, mesh)
+            rep = sharding.replicated(mesh)
             if stage == 1:
                 n, r = c.data.batch_size, c.vqgan.resolution
                 batch = dict(image=jax.ShapeDtypeStruct((n, r, r, 3), jnp.float32),
@@ -77,7 +78,7 @@ for path in ["configs/test_stage%d.py" % stage]:
                              masked_image=jax.ShapeDtypeStruct((n, r, r, 3), jnp.float32),
                              text_ids=jax.ShapeDtypeStruct((n, m.text_len), jnp.int32))
                 step, extra = stage2.make_train_step(c), (vq,)
-            bsh = {k: partitioning.batch_sharding(mesh, len(v.shape)) for k, v in batch.items()}
+            bsh = {k: sharding.batch_sharding(mesh, len(v.shape)) for k, v in batch.items()}
             compiled = jax.jit(step, donate_argnums=0, in_shardings=(sh, *(rep,) * len(extra), bsh),
                                out_shardings=(sh, rep)).lower(state, *extra, batch).compile(
                                    compiler_options=plan.COMPILER_OPTIONS)

@@ -38,7 +38,8 @@ from hlo_cost import parse_hlo, peak_bytes  # noqa: E402  (tools/ is the script 
 from trace_summary import profile  # noqa: E402
 from lip_jax.cli import load_config  # noqa: E402
 from lip_jax.models import dfvqgan  # noqa: E402
-from lip_jax.train import partitioning, stage1, stage2  # noqa: E402
+from lip_jax import sharding  # noqa: E402
+from lip_jax.train import stage1, stage2  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,7 +74,7 @@ def bench(stage: int, size: str, batch: int, iters: int, peak: float | None, ove
     c = config(stage, size)
     c.data.batch_size = batch
     apply_overrides(c, [o for o in overrides if o.split(".")[0] in c])
-    mesh = partitioning.make_mesh(dict(data=-1, fsdp=1, tensor=1))
+    mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1))
     rng = np.random.default_rng(0)
     with jax.set_mesh(mesh):
         if stage == 1:
@@ -85,7 +86,7 @@ def bench(stage: int, size: str, batch: int, iters: int, peak: float | None, ove
             state = nn.unbox(stage2.init_boxed_state(c, jax.random.key(0), vq["quantize"]["embedding"]["embedding"]))
             step = stage2.make_train_step(c)
             extra = (vq,)
-        data = partitioning.global_batch(batch_for(c, stage, batch, rng), mesh)
+        data = sharding.global_batch(batch_for(c, stage, batch, rng), mesh)
         fn = jax.jit(step, donate_argnums=0)
         t0 = time.perf_counter()
         compiled = fn.lower(state, *extra, data).compile()

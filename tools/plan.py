@@ -8,7 +8,7 @@ For each recipe, device count and mesh shape, the REAL step is lowered and compi
 (`jax.jit(step, in_shardings, out_shardings, donate_argnums=0).lower(abstract args).compile()`) on a
 CPU backend simulating N devices (`--xla_force_host_platform_device_count=N`, one subprocess per N:
 the count is fixed when JAX starts). Abstract arguments are ShapeDtypeStructs carrying the shardings
-of lip_jax.train.partitioning (the trainer's `abstract_state`), so nothing is allocated.
+of lip_jax.sharding (the trainer's `abstract_state`), so nothing is allocated.
 
   stage1    configs/dfvqgan_imagenet.py: DF-VQGAN 256 px generator + discriminator step (the larger,
             discriminator-on variant), LPIPS as a replicated input (the trainer closes over it)
@@ -85,7 +85,8 @@ def _stage1(config, mesh, per_device):
     import jax.numpy as jnp
 
     from lip_jax.models import lpips
-    from lip_jax.train import partitioning, stage1
+    from lip_jax import sharding
+    from lip_jax.train import stage1
     from lip_jax.train.trainer import abstract_state
 
     task = type("T", (), {"init_boxed_state": staticmethod(lambda rng: stage1.init_boxed_state(config, rng))})
@@ -101,8 +102,8 @@ def _stage1(config, mesh, per_device):
     def step(state, lp, batch):  # the trainer's step; LPIPS weights as an argument, not constants
         return stage1.make_train_step(config, stage1.lpips_distance(config, lp), True)(state, batch)
 
-    rep = partitioning.replicated(mesh)
-    batch_sh = {k: partitioning.batch_sharding(mesh, len(v.shape)) for k, v in batch.items()}
+    rep = sharding.replicated(mesh)
+    batch_sh = {k: sharding.batch_sharding(mesh, len(v.shape)) for k, v in batch.items()}
     fn = jax.jit(step, in_shardings=(state_sh, rep, batch_sh), out_shardings=(state_sh, rep), donate_argnums=0)
     return fn, (state, lp, batch), {"global_batch": n}
 
@@ -112,7 +113,8 @@ def _stage2(config, mesh, per_device):
     import jax.numpy as jnp
 
     from lip_jax.convert.dfvqgan import param_template
-    from lip_jax.train import partitioning, stage2
+    from lip_jax import sharding
+    from lip_jax.train import stage2
     from lip_jax.train.trainer import abstract_state
 
     task = type("T", (), {"init_boxed_state": staticmethod(lambda rng: stage2.init_boxed_state(config, rng))})
@@ -125,8 +127,8 @@ def _stage2(config, mesh, per_device):
              "mask": jax.ShapeDtypeStruct((n, r, r), jnp.bool_),
              "masked_image": jax.ShapeDtypeStruct((n, r, r, 3), jnp.float32),
              "text_ids": jax.ShapeDtypeStruct((n, mcfg.text_len), jnp.int32)}
-    rep = partitioning.replicated(mesh)
-    batch_sh = {k: partitioning.batch_sharding(mesh, len(v.shape)) for k, v in batch.items()}
+    rep = sharding.replicated(mesh)
+    batch_sh = {k: sharding.batch_sharding(mesh, len(v.shape)) for k, v in batch.items()}
     fn = jax.jit(stage2.make_train_step(config), in_shardings=(state_sh, rep, batch_sh),
                  out_shardings=(state_sh, rep), donate_argnums=0)
     return fn, (state, vq, batch), {"global_batch": n}
@@ -138,11 +140,11 @@ def _sample(config, mesh, per_device, num_samples):
 
     from lip_jax import sample
     from lip_jax.models import mps2s
-    from lip_jax.train import partitioning
+    from lip_jax import sharding
 
     mcfg = mps2s.MPSConfig.from_any(config.mps)
     boxed = jax.eval_shape(lambda r: mps2s._init_boxed(mcfg, r, 1), jax.random.key(0))
-    params_sh, _ = partitioning.param_shardings(boxed, mesh)
+    params_sh, _ = sharding.param_shardings(boxed, mesh)
     import flax.linen as nn
     params = nn.unbox(boxed)
     n = per_device * mesh.size
@@ -157,9 +159,9 @@ def _sample(config, mesh, per_device, num_samples):
         return sample.sample_tokens(params, mcfg, rng=rng, num_samples=num_samples, top_k=s.top_k,
                                     temperature=s.temperature, **inputs)
 
-    rep = partitioning.replicated(mesh)
-    in_sh = {k: partitioning.batch_sharding(mesh, len(v.shape)) for k, v in inputs.items()}
-    fn = jax.jit(run, in_shardings=(params_sh, in_sh, rep), out_shardings=partitioning.batch_sharding(mesh, 2))
+    rep = sharding.replicated(mesh)
+    in_sh = {k: sharding.batch_sharding(mesh, len(v.shape)) for k, v in inputs.items()}
+    fn = jax.jit(run, in_shardings=(params_sh, in_sh, rep), out_shardings=sharding.batch_sharding(mesh, 2))
     rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
     return fn, (params, inputs, rng), {"global_batch": n, "candidates": num_samples}
 
@@ -175,15 +177,15 @@ def _signature(config) -> str:
 
 def plan_one(recipe, config, mesh_spec, devices, args) -> dict:
     import jax
-    from lip_jax.train import partitioning
+    from lip_jax import sharding
 
     mesh_shape = parse_mesh(mesh_spec)
     row = {"recipe": recipe, "devices": devices, "mesh_spec": mesh_spec}
     try:
-        mesh = partitioning.make_mesh(mesh_shape)
+        mesh = sharding.make_mesh(mesh_shape)
     except ValueError as e:
         return row | {"error": str(e)}
-    row["mesh"] = "x".join(f"{a}{mesh.shape[a]}" for a in partitioning.MESH_AXES if mesh.shape[a] > 1) or "single"
+    row["mesh"] = "x".join(f"{a}{mesh.shape[a]}" for a in sharding.MESH_AXES if mesh.shape[a] > 1) or "single"
     t0 = time.time()
     with jax.set_mesh(mesh):
         per_device = args.batch_per_device or (6 if recipe == "stage1" else 8)

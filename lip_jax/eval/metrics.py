@@ -188,10 +188,10 @@ def sharded_batch_fn(fn: Callable, variables, mesh=None) -> Callable:
     """
     from jax.experimental import multihost_utils
 
-    from lip_jax.train import partitioning
+    from lip_jax import sharding
 
-    mesh = mesh if mesh is not None else partitioning.make_mesh({"data": -1})
-    variables = jax.device_put(nn.unbox(variables), partitioning.replicated(mesh))
+    mesh = mesh if mesh is not None else sharding.make_mesh({"data": -1})
+    variables = jax.device_put(nn.unbox(variables), sharding.replicated(mesh))
     compiled = jax.jit(fn)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     per_host = max(1, shards // jax.process_count())
@@ -205,7 +205,7 @@ def sharded_batch_fn(fn: Callable, variables, mesh=None) -> Callable:
         pad = [np.concatenate([b, np.zeros((padded - n,) + b.shape[1:], b.dtype)]) if padded > n else b
                for b in batch]
         valid = np.arange(padded) < n
-        arrays = partitioning.global_batch({str(i): b for i, b in enumerate(pad)}, mesh)
+        arrays = sharding.global_batch({str(i): b for i, b in enumerate(pad)}, mesh)
         out = compiled(variables, *[arrays[str(i)] for i in range(len(pad))])
         out = jax.tree.map(lambda a: np.asarray(multihost_utils.process_allgather(a, tiled=True)), out)
         keep = np.asarray(multihost_utils.process_allgather(valid, tiled=False)).reshape(-1)

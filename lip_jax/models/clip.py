@@ -28,7 +28,7 @@ import numpy as np
 from flax import linen as nn
 
 from lip_jax.ops.attention import attention
-from lip_jax.train.partitioning import constrain_batch
+from lip_jax.sharding import constrain_batch
 
 LN_EPS = 1e-5  # torch.nn.LayerNorm default
 

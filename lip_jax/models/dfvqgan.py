@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from lip_jax.ops.defect_free import (GroupNorm, MaskConv, MaskNormalize, conv, mask_pyramid_level,
                                      masked_self_attention, swish)
-from lip_jax.train.partitioning import constrain_batch
+from lip_jax.sharding import constrain_batch
 
 Array = jax.Array
 

@@ -44,7 +44,7 @@ from flax import linen as nn
 from lip_jax.models.clip import ClipText, config_from_any, dense, layer_norm, part
 from lip_jax.ops.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 from lip_jax.ops.attention import attention
-from lip_jax.train.partitioning import constrain_batch
+from lip_jax.sharding import constrain_batch
 
 PRESETS: dict[str, dict] = {
     # config/mps4cc/base.py and config/mps4coco/base.py (identical model hyper-parameters).

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-# Logical axis names of every parameter (mapped to mesh axes by lip_jax.train.partitioning).
+# Logical axis names of every parameter (mapped to mesh axes by lip_jax.sharding).
 CONV_AXES = ("conv_kh", "conv_kw", "conv_in", "conv_out")
 
 

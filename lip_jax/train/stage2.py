@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from lip_jax.models import dfvqgan, mps2s
-from lip_jax.train.partitioning import constrain_batch
+from lip_jax.sharding import constrain_batch
 
 
 @flax.struct.dataclass

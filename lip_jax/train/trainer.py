@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lip_jax.train import partitioning
+from lip_jax import sharding as partitioning
 from lip_jax.train.checkpoints import DataSave, DataRestore, CheckpointError, load_params
 
 log = logging.getLogger("lip_jax.train")
