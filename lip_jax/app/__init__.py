@@ -1,0 +1,1 @@
+"""The application layer: pipeline, image/mask/checkpoint I/O, commands."""
