@@ -13,16 +13,19 @@ from PIL import Image
 
 from random_weights import random_params
 
-from lip_jax import inpaint as I
-from lip_jax.cli import load_config, main, to_uint8, to_unit
+from lip_jax.app import evaluate as E
+from lip_jax.app import pipeline as P
+from lip_jax.app.config import load_config
+from lip_jax.cli import main
 from lip_jax.convert import clip as CC
 from lip_jax.convert import dfvqgan as CV
 from lip_jax.convert import lpips as CL
 from lip_jax.convert import mps2s as CM
 from lip_jax.convert.common import save_torch_checkpoint
 from lip_jax.data import open_source
+from lip_jax.data.images import to_uint8, to_unit
 from lip_jax.eval import metrics as M
-from lip_jax.eval import runner as R
+from lip_jax.eval import folder as F
 from lip_jax.eval.clip_score import clip_score
 from lip_jax.models import clip as C
 from lip_jax.models.lpips import LPIPS
@@ -33,8 +36,8 @@ CONFIG = os.path.join(REPO, "configs", "lip_maskcoco.py") + ":tiny"
 N = 5
 # Compilation dominates: sample_K 3, batches of 2, the tiny CLIP resized bicubic are the programs
 # tests/test_inpaint.py compiles too (one pytest process shares them).
-SETTINGS = ["--set", "eval.sample_K=3", "--set", "eval.best_n=2", "--set", "eval.batch_size=2",
-            "--set", "eval.clip_resize=bicubic"]
+SETTINGS = ["--config.eval.sample_K=3", "--config.eval.best_n=2", "--config.eval.batch_size=2",
+            "--config.eval.clip_resize=bicubic"]
 CLIP_CFG = C.ClipConfig.from_any("tiny")
 
 
@@ -91,8 +94,8 @@ def full_run(env):
     """One uninterrupted run with every metric (FID through the stub feature network)."""
     out = env["root"] / "full"
     mp = pytest.MonkeyPatch()
-    mp.setattr(R, "load_inception_any", lambda path: {"stub": path})
-    mp.setattr(R, "inception_features_fn", lambda variables: stub_features)
+    mp.setattr(E, "load_inception_any", lambda path: {"stub": path})
+    mp.setattr(F, "inception_features_fn", lambda variables: stub_features)
     try:
         (env["root"] / "stub.pth").write_bytes(b"")
         rc = main(argv(env, out, "--lpips", str(env["root"] / "lpips"), "--fid-weights",
@@ -114,10 +117,10 @@ def test_layout_and_images_match_the_pipeline(env, full_run):
     # First batch (examples 0, 1) recomputed with the pipeline: NNNN = example, RRRR = rank after reranking.
     cfg = env["cfg"]
     source = open_source("mask_eval", root=env["data"])
-    exs = [R.load_example(source, i, 32) for i in range(2)]
-    res = I.inpaint(env["vq"], cfg.vqgan, env["mps"], cfg.mps, np.stack([to_unit(e["masked"]) for e in exs]),
+    exs = [F.load_example(source, i, 32) for i in range(2)]
+    res = P.inpaint(env["vq"], cfg.vqgan, env["mps"], cfg.mps, np.stack([to_unit(e["masked"]) for e in exs]),
                     np.stack([e["mask"] for e in exs]), [e["text"] for e in exs], num_samples=3,
-                    seed=R.batch_seed(42, 0), clip=(env["clip"], CLIP_CFG), clip_resize="bicubic")
+                    seed=E.batch_seed(42, 0), clip=(env["clip"], CLIP_CFG), clip_resize="bicubic")
     assert [e["text"] for e in exs] == ["a red circle", "a green circle"]  # first line of guidance/
     assert (np.diff(res["scores"], axis=1) <= 0).all()
     for i in range(2):
@@ -160,16 +163,16 @@ class Interrupt(Exception):
 
 def test_interrupted_run_resumes_without_redoing_finished_images(env, full_run, monkeypatch, capsys):
     out = env["root"] / "resumed"
-    calls, real = [], I.inpaint
+    calls, real = [], P.inpaint
     fail = {"on": 3}
 
-    def counting(*a, **kw):  # the runner samples every batch through lip_jax.inpaint.inpaint
+    def counting(*a, **kw):  # the runner samples every batch through lip_jax.app.pipeline.inpaint
         calls.append(kw["seed"])
         if len(calls) == fail["on"]:
             raise Interrupt("simulated kill")
         return real(*a, **kw)
 
-    monkeypatch.setattr(I, "inpaint", counting)
+    monkeypatch.setattr(P, "inpaint", counting)
     with pytest.raises(Interrupt):  # killed while sampling the third batch
         main(argv(env, out))
     first = sorted(os.listdir(out / "eval_visu"))
@@ -182,7 +185,7 @@ def test_interrupted_run_resumes_without_redoing_finished_images(env, full_run, 
     fail["on"] = None
     assert main(argv(env, out)) == 0
     # batch [2, 4) was finished: not sampled again; batch 0 lost a file: redone, only that file written
-    assert calls == [R.batch_seed(42, 0), R.batch_seed(42, 4)]
+    assert calls == [E.batch_seed(42, 0), E.batch_seed(42, 4)]
     assert "resuming: 2 of 5 examples already written" in capsys.readouterr().err
     assert {f: os.stat(out / "eval_visu" / f).st_mtime_ns for f in kept} == kept
     names = sorted(os.listdir(full_run / "eval_visu"))
@@ -198,9 +201,26 @@ def test_interrupted_run_resumes_without_redoing_finished_images(env, full_run, 
     assert result["counts"]["sampled_this_run"] == 3
 
     # Other settings into the same directory are refused (before any weight is read).
-    assert main(argv(env, out, "--set", "eval.seed=1")) == 2
+    assert main(argv(env, out, "--config.eval.seed=1")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "other settings (seed: 42 then, 1 now)" in err[0], err
+
+
+def test_a_stage2_training_workdir_is_a_checkpoint(env, full_run, tmp_path):
+    """--ckpt WORKDIR (what `lip-jax train` stage 2 leaves: checkpoints/ and params/) reads params/."""
+    work = tmp_path / "stage2"
+    os.makedirs(work / "checkpoints")
+    save_params(str(work / "params"), {"mps": env["mps"], "vqgan": env["vq"]})
+    out = tmp_path / "out"
+    args = argv(env, out, "--config.eval.max_examples=2", "--no-progress")
+    args[args.index("--ckpt") + 1] = str(work)
+    assert main(args) == 0
+    names = [f"{i:04d}_{r:04d}.png" for i in range(2) for r in range(2)]
+    assert sorted(os.listdir(out / "eval_visu")) == names
+    for f in names:  # the same weights as the orbax directory: the same images
+        np.testing.assert_array_equal(read(out / "eval_visu" / f), read(full_run / "eval_visu" / f), err_msg=f)
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["counts"]["examples"] == 2 and result["settings"]["checkpoint"] == str(work)
 
 
 @pytest.mark.parametrize("case,match", [
@@ -229,13 +249,13 @@ def test_bad_inputs_exit_2_with_one_line(env, tmp_path, capsys, case, match):
     elif case == "missing_lpips":
         extra = ["--lpips", str(tmp_path / "nope" / "vgg.pth")]
     elif case == "config_mismatch":
-        extra = ["--set", "vqgan.n_e=64"]
+        extra = ["--config.vqgan.n_e=64"]
     elif case == "ckpt_mismatch":  # the official .pth read with a config of another size
-        ckpt, extra = env["pth"], ["--set", "mps.dim=64"]
+        ckpt, extra = env["pth"], ["--config.mps.dim=64"]
     elif case == "bad_override":
-        extra = ["--set", "eval.sample_k=3"]
+        extra = ["--config.eval.sample_k=3"]
     elif case == "best_n":
-        extra = ["--set", "eval.best_n=4"]
+        extra = ["--config.eval.best_n=4"]
     elif case == "no_hole":
         data = str(tmp_path / "nohole")
         write_dataset(data, n=3)

@@ -1,0 +1,279 @@
+"""`lip-jax eval`: NUWA-LIP on a folder in the evaluation layout (MaskCOCO / MaskFlickr / MaskVG /
+custom), as the official `eval_visu` action (config/lip4maskcoco, config/lip4custom), plus the
+paper's metrics (lip_jax.eval.folder).
+
+For every example, `sample_K` candidates are sampled with the KV-cached sampler (batches of
+`batch_size` examples through lip_jax.app.pipeline.inpaint), reranked by CLIP score when CLIP
+weights are available (--clip, else the checkpoint's `clip_sim`; the official reranker resizes with
+nearest neighbour), and the best `best_n` are written.
+
+OUT/eval_visu/NNNN_RRRR.png  candidate RRRR (0000 = best) of example NNNN (its gt file name). The
+                             official code writes the best one only, named NNNN_0000.png by
+                             lip4custom (lip4maskcoco names it NNNN.png).
+OUT/eval_settings.json       what the images were made with; a rerun with other settings is refused.
+OUT/metrics.json             FID, PSNR (whole / outside the hole, [0, 255]), LPIPS-VGG, CLIP score
+                             x100, of the best candidate of each example against its ground truth;
+                             a metric without its weights is null, with the reason.
+
+Resuming: the written PNGs are the state (written atomically). Work is done in fixed batches of
+examples whose seed depends only on (seed, first example index), so an interrupted run, rerun,
+skips finished batches and writes exactly the images an uninterrupted run writes. Hosts: process
+i takes its contiguous share of the batches; after a barrier every process computes metrics on
+its share (LPIPS and Inception sharded over all devices) and process 0 writes metrics.json.
+
+`--ckpt`: anything lip_jax.app.checkpoints.load_lip reads (a stage-2 training workdir or its
+params/, an orbax {mps, vqgan[, clip]} from `lip-jax convert`, the official .pth).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import sys
+import time
+
+import jax
+import numpy as np
+
+from lip_jax.app import pipeline
+from lip_jax.app.checkpoints import load_clip_any, load_inception_any, load_lip, load_lpips_any
+from lip_jax.app.config import UsageError, apply_overrides, load_config
+from lip_jax.data.images import to_uint8, to_unit
+from lip_jax.eval.folder import (VISU, allgather, barrier, check_masks, compute_metrics, image_path,
+                                 load_example, share)
+
+SETTINGS = "eval_settings.json"
+METRICS = "metrics.json"
+SAMPLING_KEYS = ("sample_K", "best_n", "top_k", "temperature", "seed", "batch_size", "clip_resize")
+# What the written images depend on: a rerun into the same --out must agree on these.
+GUARDED = ("checkpoint", "data", "clip", "mps", "vqgan") + SAMPLING_KEYS
+
+
+def run(args) -> None:
+    """args: config, ckpt, data, out, clip, clip_config, lpips, fid_weights, fid_stats,
+    overrides ("key.path=value" strings, from --config.key.path=value), no_progress."""
+    from lip_jax.data import open_source
+
+    config = load_config(args.config)
+    apply_overrides(config, args.overrides)
+    s = _settings(config)
+    if config.get("distributed", None) is not None:  # as training: flags, or TPU / SLURM environments
+        from lip_jax.train.trainer import initialize_distributed
+
+        initialize_distributed(config)
+    proc, nproc = jax.process_index(), jax.process_count()
+
+    def say(msg):
+        if proc == 0:
+            print(f"lip-jax eval: {msg}", file=sys.stderr, flush=True)
+
+    try:
+        _, mps_cfg = pipeline.check_models(config.vqgan, config.mps)
+    except ValueError as e:
+        raise UsageError(f"{args.config}: {e}") from e
+    root = _data_root(args.data)
+    source = open_source("mask_eval", root=root)
+    n = len(source) if s["max_examples"] <= 0 else min(len(source), s["max_examples"])
+    _require_paths(args)
+    ids = list(getattr(source, "names", [])) or [source[i]["id"] for i in range(len(source))]
+    ids = ids[:n]
+    clip_spec = (os.path.abspath(args.clip) if os.path.exists(args.clip) else args.clip) if args.clip else None
+    settings = dict(config=args.config, overrides=list(args.overrides), checkpoint=os.path.abspath(args.ckpt),
+                    data=os.path.abspath(root), examples=n, clip=clip_spec or "the checkpoint's clip_sim, if any",
+                    mps=config.mps.to_dict(), vqgan=config.vqgan.to_dict(),
+                    **{k: s[k] for k in SAMPLING_KEYS})
+    _check_settings(args.out, settings)
+    check_masks(root, ids, mps_cfg.img_size)
+
+    # Every weight file is read before sampling: a typo must not surface after hours.
+    t0 = time.perf_counter()
+    weights = _on_device(load_lip(args.ckpt, mps_cfg, config.vqgan))
+    clip, clip_from = weights.get("clip"), ("checkpoint clip_sim" if "clip" in weights else None)
+    if args.clip:
+        clip = _on_device({"clip": load_clip_any(args.clip, args.clip_config or s["clip_config"] or None)})["clip"]
+        clip_from = clip_spec
+    lpips_params = load_lpips_any(args.lpips) if args.lpips else None
+    inception = load_inception_any(args.fid_weights) if args.fid_weights else None
+    ref_stats = None
+    if args.fid_stats:
+        from lip_jax.eval.metrics import load_fid_stats
+        from lip_jax.models.inception import FEATURE_DIM
+
+        try:
+            ref_stats = load_fid_stats(args.fid_stats)
+        except ValueError as e:
+            raise UsageError(str(e)) from e
+        if inception is not None and ref_stats[0].shape != (FEATURE_DIM,):
+            raise UsageError(f"{args.fid_stats}: {ref_stats[0].shape[0]}-d statistics, the Inception pool "
+                             f"features are {FEATURE_DIM}-d")
+    say(f"{n} examples in {root}; weights loaded ({time.perf_counter() - t0:.1f} s); reranking: "
+        + (f"CLIP from {clip_from}" if clip else "off (no CLIP weights)"))
+
+    os.makedirs(os.path.join(args.out, VISU), exist_ok=True)
+    if proc == 0 and not os.path.isfile(os.path.join(args.out, SETTINGS)):
+        _write_json(os.path.join(args.out, SETTINGS), settings)
+    generated = generate(weights, clip, config, mps_cfg, s, source, ids, args.out,
+                         progress=not args.no_progress and proc == 0, say=say)
+    barrier("lip_jax_eval_images")
+    missing = [i for i in ids if not os.path.isfile(image_path(args.out, i, 0))]
+    if missing:
+        raise UsageError(f"{args.out}: {len(missing)} images missing after sampling (e.g. "
+                         f"{image_path(args.out, missing[0], 0)}); is --out on storage shared by every host?")
+
+    result = compute_metrics(source, ids, args.out, s, mps_cfg.img_size, clip=clip, lpips_params=lpips_params,
+                             inception=inception, ref_stats=ref_stats, say=say)
+    generated = int(allgather(np.array([generated], np.int64)).sum())
+    if proc == 0:
+        result["settings"] = dict(settings, clip=clip_from, clip_config=clip and dataclasses.asdict(clip[1]),
+                                  lpips=args.lpips, fid_weights=args.fid_weights, fid_stats=args.fid_stats,
+                                  processes=nproc)
+        result["counts"].update(sampled_this_run=generated)
+        _write_json(os.path.join(args.out, METRICS), result)
+        m = result["metrics"]
+        shown = ", ".join(f"{k} {v:.4g}" if v is not None else f"{k} null" for k, v in m.items())
+        say(f"{shown}")
+        print(f"wrote {os.path.join(args.out, VISU)}/ ({n} x {s['best_n']} images) and "
+              f"{os.path.join(args.out, METRICS)}")
+    barrier("lip_jax_eval_done")
+
+
+# --- settings -------------------------------------------------------------------------------------
+
+def _settings(config) -> dict:
+    if "eval" not in config or "mps" not in config or "vqgan" not in config:
+        raise UsageError("config needs `mps`, `vqgan` and `eval` sections (e.g. configs/lip_maskcoco.py)")
+    ev = config.eval
+    missing = [k for k in SAMPLING_KEYS if k not in ev]
+    if missing:
+        raise UsageError(f"config eval section lacks {missing}")
+    s = {k: ev[k] for k in SAMPLING_KEYS}
+    s.update(clip_config=ev.get("clip_config", ""), metric_batch_size=int(ev.get("metric_batch_size", 32)),
+             max_examples=int(ev.get("max_examples", 0)))
+    if not (1 <= s["best_n"] <= s["sample_K"]):
+        raise UsageError(f"need 1 <= eval.best_n <= eval.sample_K (got {s['best_n']}, {s['sample_K']})")
+    if s["top_k"] < 1 or not s["temperature"] > 0 or s["batch_size"] < 1 or s["metric_batch_size"] < 1:
+        raise UsageError(f"need eval.top_k >= 1, temperature > 0, batch_size >= 1, metric_batch_size >= 1 "
+                         f"(got {s['top_k']}, {s['temperature']}, {s['batch_size']}, {s['metric_batch_size']})")
+    if s["clip_resize"] not in ("nearest", "bicubic"):
+        raise UsageError(f"eval.clip_resize must be nearest or bicubic, got {s['clip_resize']!r}")
+    return s
+
+
+def _data_root(path: str) -> str:
+    # The official MaskCOCO archive nests the layout in eval_visu/.
+    if not os.path.isdir(os.path.join(path, "gt")) and os.path.isdir(os.path.join(path, VISU, "gt")):
+        return os.path.join(path, VISU)
+    return path
+
+
+def _require_paths(args) -> None:
+    need = [(args.ckpt, "checkpoint"), (args.lpips and args.lpips.split(",")[0], "LPIPS weights"),
+            (args.lpips and "," in args.lpips and args.lpips.split(",", 1)[1], "LPIPS heads"),
+            (args.fid_weights, "Inception weights"), (args.fid_stats, "FID statistics")]
+    if args.clip and not re.match(r"^[\w.-]+/[\w.-]+$", args.clip):  # else possibly a hub name
+        need.append((args.clip, "CLIP weights"))
+    for path, what in need:
+        if path and not os.path.exists(path):
+            raise UsageError(f"{path}: no such {what} file or directory")
+
+
+def _check_settings(out: str, settings: dict) -> None:
+    """Refuse to mix images made with other settings into one output directory."""
+    path = os.path.join(out, SETTINGS)
+    if not os.path.isfile(path):
+        return
+    want = json.loads(json.dumps(settings, default=_jsonable))
+    try:
+        with open(path) as f:
+            have = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: unreadable ({e}); use another --out or delete it") from e
+    diff = [k for k in GUARDED if have.get(k) != want.get(k)]
+    if diff:
+        k = diff[0]
+        raise UsageError(f"{path}: {out} holds images made with other settings ({k}: {have.get(k)!r} "
+                         f"then, {want.get(k)!r} now); use another --out or delete it")
+
+
+def _on_device(weights: dict) -> dict:
+    """On the default (first local) device once, not at every batch; uncommitted, so compiled
+    programs are shared with callers passing numpy. "clip" is (params, ClipConfig)."""
+    put = jax.device_put
+    return {k: ((put(v[0]), v[1]) if k == "clip" else put(v)) for k, v in weights.items()}
+
+
+# --- sampling -------------------------------------------------------------------------------------
+
+def batches(n: int, batch_size: int) -> list[tuple[int, int]]:
+    return [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+
+
+def batch_seed(seed: int, first: int) -> int:
+    """Seed of the batch starting at example `first`: independent of hosts and of resumption."""
+    return int(np.random.SeedSequence([int(seed), int(first)]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def generate(weights, clip, config, mps_cfg, s, source, ids, out, progress=True, say=print) -> int:
+    """Sample this process's share of batches that are not finished; returns how many examples it sampled."""
+    from tqdm import tqdm
+
+    size, best_n = mps_cfg.img_size, s["best_n"]
+    mine = share(batches(len(ids), s["batch_size"]), jax.process_index(), jax.process_count())
+    todo = [(a, b) for a, b in mine
+            if not all(os.path.isfile(image_path(out, ids[i], r)) for i in range(a, b) for r in range(best_n))]
+    total = sum(b - a for a, b in mine)
+    done = total - sum(b - a for a, b in todo)
+    if done:
+        say(f"resuming: {done} of {total} examples already written")
+    bar = tqdm(total=total, initial=done, unit="img", desc="eval", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True)
+    resized = False
+    sampled = 0
+    for a, b in todo:
+        exs = [load_example(source, i, size) for i in range(a, b)]
+        if not resized and any(e["resized"] for e in exs):
+            resized = True
+            say(f"note: resizing the evaluation images to the model resolution {size}x{size}")
+        exs += [exs[-1]] * (s["batch_size"] - len(exs))  # one compiled shape for every batch
+        res = pipeline.inpaint(weights["vqgan"], config.vqgan, weights["mps"], mps_cfg,
+                               np.stack([to_unit(e["masked"]) for e in exs]), np.stack([e["mask"] for e in exs]),
+                               [e["text"] for e in exs], num_samples=s["sample_K"], top_k=s["top_k"],
+                               temperature=s["temperature"], seed=batch_seed(s["seed"], a), clip=clip,
+                               clip_resize=s["clip_resize"])
+        for j, i in enumerate(range(a, b)):
+            for r in range(best_n):
+                path = image_path(out, ids[i], r)
+                if not os.path.isfile(path):
+                    _write_png(to_uint8(res["candidates"][j, r]), path)
+        sampled += b - a
+        bar.update(b - a)
+    bar.close()
+    return sampled
+
+
+# --- files ----------------------------------------------------------------------------------------
+
+def _write_png(array: np.ndarray, path: str) -> None:
+    from PIL import Image
+
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp{os.getpid()}")
+    Image.fromarray(array).save(tmp, format="PNG")
+    os.replace(tmp, path)  # atomic: a file with the final name is always complete
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False, allow_nan=False, default=_jsonable)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(x):
+    if isinstance(x, (np.integer, np.floating)):
+        return x.item()
+    if isinstance(x, tuple):
+        return list(x)
+    return str(x)
