@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import torch_dfvqgan as T
+from lip_jax.convert import torch_dfvqgan as T
 from lip_jax.convert.common import ConversionError
 from lip_jax.convert.dfvqgan import dfvqgan_from_torch, dfvqgan_to_torch
 from lip_jax.models import dfvqgan as D

@@ -1,13 +1,9 @@
-"""tools/hlo_cost.py: FLOPs and collective bytes of compiled HLO, with loop trip counts."""
-
-import os
-import sys
+"""lip_jax/perf/hlo_cost.py: FLOPs and collective bytes of compiled HLO, with loop trip counts."""
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
-import hlo_cost  # noqa: E402
+from lip_jax.perf import hlo_cost
 
 
 def test_matmul_and_conv_flops_count_every_loop_iteration():

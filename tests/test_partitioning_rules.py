@@ -25,7 +25,8 @@ CHILD = r"""
 import json, os, sys
 sys.path.insert(0, os.path.join(sys.argv[1], "tools"))
 import flax.linen as nn, jax, jax.numpy as jnp
-import hlo_cost, plan
+import plan
+from lip_jax.perf import hlo_cost
 from lip_jax.cli import load_config
 from lip_jax.convert.dfvqgan import param_template
 from lip_jax import sharding

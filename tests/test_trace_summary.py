@@ -1,4 +1,4 @@
-"""tools/trace_summary.py: device time of a profiler trace, by kind and kernel."""
+"""lip_jax/perf/trace_summary.py and the tools/trace_summary.py command: device time of a trace, by kind and kernel."""
 
 import gzip
 import json
@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from lip_jax.perf import trace_summary
+
 TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
-sys.path.insert(0, TOOLS)
-import trace_summary  # noqa: E402
 
 
 def gpu_like_trace(path):

@@ -21,11 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-import torch_dfvqgan as T  # noqa: E402
-
-from lip_jax.convert.dfvqgan import dfvqgan_from_torch  # noqa: E402
-from lip_jax.models import dfvqgan as D  # noqa: E402
+from lip_jax.convert import torch_dfvqgan as T
+from lip_jax.convert.dfvqgan import dfvqgan_from_torch
+from lip_jax.models import dfvqgan as D
 
 
 def timed(fn, iters: int) -> float:

@@ -35,7 +35,7 @@ from lip_jax.convert.mps2s import param_template  # noqa: E402
 from lip_jax.cli import UsageError  # noqa: E402
 from lip_jax.eval.runner import apply_overrides  # noqa: E402
 from lip_jax.models import mps2s  # noqa: E402
-from trace_summary import profile  # noqa: E402  (tools/ is the script directory)
+from lip_jax.perf.trace_summary import profile  # noqa: E402
 
 
 def random_params(cfg, seed=0):

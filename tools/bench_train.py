@@ -7,7 +7,7 @@
 Runs the real jitted train steps (lip_jax.train.stage1 / stage2, the same functions `lip-jax train`
 uses) on random data with all devices in one data-parallel mesh, after one warm-up call that
 compiles. FLOPs per step are the matmul + convolution FLOPs of the compiled step's HLO
-(tools/hlo_cost.py, loop trip counts applied; on GPU the cuBLAS / cuDNN calls count as the math
+(lip_jax/perf/hlo_cost.py, loop trip counts applied; on GPU the cuBLAS / cuDNN calls count as the math
 they replace); HFU (hardware FLOP utilisation) is reported when --peak-tflops (the accelerator's
 dense peak for the dtype) is given. It counts what the step executes, rematerialised recomputation
 included: MFU is HFU x (FLOPs of the step with remat "none") / (FLOPs with the configured remat). Sizes:
@@ -34,8 +34,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from hlo_cost import parse_hlo, peak_bytes  # noqa: E402  (tools/ is the script directory)
-from trace_summary import profile  # noqa: E402
+from lip_jax.perf.hlo_cost import parse_hlo, peak_bytes  # noqa: E402
+from lip_jax.perf.trace_summary import profile  # noqa: E402
 from lip_jax.cli import load_config  # noqa: E402
 from lip_jax.models import dfvqgan  # noqa: E402
 from lip_jax import sharding  # noqa: E402

@@ -44,10 +44,10 @@ import sys
 import tempfile
 import time
 
-from hlo_cost import parse_hlo, peak_bytes  # tools/ is the script directory
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+from lip_jax.perf.hlo_cost import parse_hlo, peak_bytes  # noqa: E402
 
 GiB = 1024 ** 3
 CAPACITIES = (("v5e", 16), ("v4", 32), ("H100", 80))

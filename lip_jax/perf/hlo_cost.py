@@ -2,7 +2,7 @@
 convolution FLOPs and collective bytes (in total and per source op) with while-loop trip counts
 applied, and the largest array; from the memory analysis, the peak. XLA's own `cost_analysis()`
 counts a loop body once, so it misses scanned layers and accumulation loops.
-Used by tools/plan.py and tools/bench_train.py."""
+Used by tools/plan.py, tools/bench_train.py and tests/test_partitioning_rules.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""PyTorch reference of the official DF-VQGAN structure (NCHW), written for the parity tests.
+"""PyTorch reference of the official DF-VQGAN structure (NCHW), for the parity tests and
+tools/bench_dfvqgan.py (needs the `torch` extra).
 
 Same module names and parameter shapes as the official `config/dfvqgan.py`, so its state dict has
 the official keys; the arithmetic follows the official forward passes step by step (multiplicative

@@ -1,0 +1,1 @@
+"""Performance accounting of compiled programs and profiler traces, shared by tools/plan.py and the benches."""
