@@ -2,6 +2,7 @@
 
     python tools/bench_sample.py                       # "mid" (both samplers) and "cc" (official size)
     python tools/bench_sample.py --presets mid --batch 2 --hole 0.5 --reps 3
+    python tools/bench_sample.py --presets cc --config.dtype=bfloat16     # an MPSConfig field override
 
 Same random weights and inputs for both samplers, greedy-free top-k sampling (k=128), a centred
 square hole covering ~`hole` of the token grid. The recompute baseline is skipped when its estimate
@@ -32,8 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lip_jax import sample  # noqa: E402
 from lip_jax.convert.mps2s import param_template  # noqa: E402
-from lip_jax.cli import UsageError  # noqa: E402
-from lip_jax.eval.runner import apply_overrides  # noqa: E402
+from lip_jax.app.config import UsageError, apply_overrides, split_overrides  # noqa: E402
 from lip_jax.models import mps2s  # noqa: E402
 from lip_jax.perf.trace_summary import profile  # noqa: E402
 
@@ -112,7 +112,7 @@ def step_bytes(cfg, batch) -> float:
 def bench(preset, batch, hole, top_k, max_recompute_s, prev=None, estimate_forward=False, reps=1,
           overrides=(), mem_bw=None, trace=None):
     cfg = mps2s.MPSConfig.from_any(preset)
-    if overrides:  # key=value strings, typed and checked as `lip-jax eval --set` does
+    if overrides:  # field=value strings, typed and checked as every `--config.` override is
         fields = ml_collections.ConfigDict(dataclasses.asdict(cfg))
         apply_overrides(fields, overrides)
         cfg = mps2s.MPSConfig.from_any(fields)
@@ -170,26 +170,29 @@ def fmt(v, spec):
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(epilog="--config.FIELD=VALUE overrides an MPSConfig field of every preset "
+                                        "(e.g. --config.dtype=bfloat16)")
     ap.add_argument("--presets", default="mid,cc")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--hole", type=float, default=0.5)
     ap.add_argument("--top-k", type=int, default=128)
     ap.add_argument("--max-recompute-s", type=float, default=600.0)
     ap.add_argument("--reps", type=int, default=3, help="timed runs of the cached sampler (median)")
-    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                    help="MPSConfig field override, e.g. dtype=bfloat16")
     ap.add_argument("--mem-bw-gbs", type=float,
                     help="device memory bandwidth (GB/s): reports the bandwidth floor of a decoding step")
     ap.add_argument("--trace", metavar="DIR", help="profile one cached run into DIR and summarise it per step")
     ap.add_argument("--estimate-forward", action="store_true",
                     help="extrapolate later presets' forward time by FLOPs instead of measuring it")
-    args = ap.parse_args()
+    try:
+        rest, overrides = split_overrides(sys.argv[1:])
+    except UsageError as e:
+        ap.error(str(e))
+    args = ap.parse_args(rest)
     rows, prev = [], None
     for p in args.presets.split(","):
         try:
             prev = bench(p, args.batch, args.hole, args.top_k, args.max_recompute_s, prev, args.estimate_forward,
-                         max(1, args.reps), args.set, args.mem_bw_gbs, args.trace)
+                         max(1, args.reps), overrides, args.mem_bw_gbs, args.trace)
         except UsageError as e:
             ap.error(str(e))
         rows.append(prev)

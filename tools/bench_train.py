@@ -2,7 +2,7 @@
 
     python tools/bench_train.py                          # demo and mid sizes (CPU-friendly)
     python tools/bench_train.py --sizes official --batch 8 --peak-tflops 989   # on an accelerator
-    python tools/bench_train.py --sizes official --stages 2 --set mps.dtype=bfloat16 --set mps.attention=xla
+    python tools/bench_train.py --sizes official --stages 2 --config.mps.dtype=bfloat16 --config.mps.attention=xla
 
 Runs the real jitted train steps (lip_jax.train.stage1 / stage2, the same functions `lip-jax train`
 uses) on random data with all devices in one data-parallel mesh, after one warm-up call that
@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lip_jax.perf.hlo_cost import parse_hlo, peak_bytes  # noqa: E402
 from lip_jax.perf.trace_summary import profile  # noqa: E402
-from lip_jax.cli import load_config  # noqa: E402
+from lip_jax.app.config import UsageError, apply_overrides, load_config, split_overrides  # noqa: E402
 from lip_jax.models import dfvqgan  # noqa: E402
 from lip_jax import sharding  # noqa: E402
 from lip_jax.train import stage1, stage2  # noqa: E402
@@ -69,8 +69,6 @@ def batch_for(c, stage: int, batch: int, rng):
 
 def bench(stage: int, size: str, batch: int, iters: int, peak: float | None, overrides=(), dump_hlo=None,
           trace=None) -> dict:
-    from lip_jax.eval.runner import apply_overrides
-
     c = config(stage, size)
     c.data.batch_size = batch
     apply_overrides(c, [o for o in overrides if o.split(".")[0] in c])
@@ -130,28 +128,31 @@ def bench(stage: int, size: str, batch: int, iters: int, peak: float | None, ove
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                epilog="--config.KEY=VALUE overrides a config field where the stage's config has "
+                                       "that section (e.g. --config.mps.dtype=bfloat16)")
     p.add_argument("--sizes", nargs="+", default=["demo", "mid"], choices=["demo", "mid", "official"])
     p.add_argument("--stages", nargs="+", type=int, default=[1, 2], choices=[1, 2])
     p.add_argument("--batch", type=int, default=0, help="global batch (default: 8 demo, 2 otherwise)")
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--peak-tflops", type=float, help="device peak TFLOP/s for HFU (e.g. 989 for H100 bf16 dense)")
     p.add_argument("--dump-hlo", metavar="DIR", help="write each compiled step's HLO text (gzip) into DIR")
-    p.add_argument("--set", action="append", default=[],
-                   help="config override key=value, applied where the stage's config has that section "
-                        "(e.g. mps.dtype=bfloat16)")
     p.add_argument("--trace", metavar="DIR", help="profile the timed steps into DIR and summarise the device time")
-    args = p.parse_args(argv)
+    try:
+        rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
+    except UsageError as e:
+        p.error(str(e))
+    args = p.parse_args(rest)
     sections = set().union(*(config(st, sz).keys() for sz in args.sizes for st in args.stages))
-    unknown = [o for o in args.set if o.split("=")[0].split(".")[0] not in sections]
+    unknown = [o for o in overrides if o.split("=")[0].split(".")[0] not in sections]
     if unknown:
-        p.error(f"--set {unknown[0]}: no config section {unknown[0].split('.')[0]!r} in the stages run "
+        p.error(f"--config.{unknown[0]}: no config section {unknown[0].split('.')[0]!r} in the stages run "
                 f"(sections: {', '.join(sorted(sections))})")
     rows = []
     for size in args.sizes:
         for stage in args.stages:
             batch = args.batch or (8 if size == "demo" else 2)
-            rows.append(bench(stage, size, batch, args.iters, args.peak_tflops, args.set, args.dump_hlo,
+            rows.append(bench(stage, size, batch, args.iters, args.peak_tflops, overrides, args.dump_hlo,
                               args.trace))
             print(f"# stage {stage} {size}: {rows[-1]['s_per_step']:.3f} s/step", file=sys.stderr, flush=True)
     dev = jax.devices()[0]

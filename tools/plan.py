@@ -2,7 +2,7 @@
 
     python tools/plan.py --recipe all --devices 8,64
     python tools/plan.py --recipe mps_cc --devices 64 --meshes data=-1 fsdp=-1 fsdp=-1,tensor=4
-    python tools/plan.py --recipe mps_cc --devices 8 --set mps.remat=none --meshes fsdp=-1
+    python tools/plan.py --recipe mps_cc --devices 8 --config.mps.remat=none --meshes fsdp=-1
 
 For each recipe, device count and mesh shape, the REAL step is lowered and compiled ahead of time
 (`jax.jit(step, in_shardings, out_shardings, donate_argnums=0).lower(abstract args).compile()`) on a
@@ -224,14 +224,13 @@ def plan_one(recipe, config, mesh_spec, devices, args) -> dict:
 def worker(args) -> None:
     import jax
 
-    from lip_jax.cli import load_config
-    from lip_jax.eval.runner import apply_overrides
+    from lip_jax.app.config import apply_overrides, load_config
 
     devices = jax.device_count()
     seen: dict[str, dict] = {}
     for recipe in args.recipes:
         config = load_config(os.path.join(REPO, CONFIGS[recipe]))
-        apply_overrides(config, args.set)
+        apply_overrides(config, args.overrides)
         meshes = [m for m in (args.meshes or DEFAULT_MESHES[recipe]) if m not in args.skip_mesh]
         for spec in meshes:
             key = None
@@ -309,7 +308,9 @@ def _reuse_pure_data(rows, counts):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog="--config.KEY=VALUE overrides a config field of every recipe run "
+                                       "(e.g. --config.mps.remat=none)")
     p.add_argument("--recipe", default="all", help=f"all or a comma list of {','.join(RECIPES)}")
     p.add_argument("--devices", default="8,64", help="comma list of simulated device counts")
     p.add_argument("--meshes", nargs="+", default=None,
@@ -319,13 +320,19 @@ def main(argv=None) -> int:
                         "stage 2 8 = the official launches' -ltbs 8)")
     p.add_argument("--images-per-device", type=int, default=1, help="inference images per device (official 1)")
     p.add_argument("--samples", type=int, default=2, help="inference candidates K (official sample_K 2)")
-    p.add_argument("--set", action="append", default=[], help="config override key=value (e.g. mps.remat=none)")
     p.add_argument("--jobs", type=int, default=2, help="compile processes side by side")
     p.add_argument("--merge", nargs="+", default=None, metavar="OUT",
                    help="print one table from the outputs (final JSON lines) of earlier runs")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--skip-mesh", action="append", default=[], help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    from lip_jax.app.config import UsageError, split_overrides
+
+    try:  # --config.KEY=VALUE: a config override (e.g. --config.mps.remat=none), as `lip-jax train`
+        rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
+    except UsageError as e:
+        p.error(str(e))
+    args = p.parse_args(rest)
+    args.overrides = overrides
     args.recipes = list(RECIPES) if args.recipe == "all" else args.recipe.split(",")
     for r in args.recipes:
         if r not in RECIPES:
@@ -365,8 +372,7 @@ def main(argv=None) -> int:
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--recipe", ",".join(recipes),
                "--batch-per-device", str(args.batch_per_device), "--images-per-device", str(args.images_per_device),
                "--samples", str(args.samples)]
-        for s_ in args.set:
-            cmd += ["--set", s_]
+        cmd += [f"--config.{o}" for o in args.overrides]
         if args.meshes:
             cmd += ["--meshes", *args.meshes]
         for s_ in skip:

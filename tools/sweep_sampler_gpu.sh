@@ -11,7 +11,7 @@ set -u
 out=${1:?usage: tools/sweep_sampler_gpu.sh OUT_DIR [batch] [preset]}; batch=${2:-1}; preset=${3:-cc}
 mkdir -p "$out" || exit 2
 cd "$(dirname "$0")/.." || exit 2
-bench="${PYTHON:-python3} tools/bench_sample.py --presets $preset --batch $batch --reps 2 --max-recompute-s 0 --set dtype=bfloat16 --mem-bw-gbs 3350"
+bench="${PYTHON:-python3} tools/bench_sample.py --presets $preset --batch $batch --reps 2 --max-recompute-s 0 --config.dtype=bfloat16 --mem-bw-gbs 3350"
 loops=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL
 variant() {
   local name=$1 flags=$2; shift 2
@@ -22,8 +22,8 @@ variant() {
   grep -E "^\| $preset |^Bandwidth floor|idle|no device kernels|^\| (matmul|attention|other|copy|convolution|collective) " "$out/$name.log"
   [ $rc = 0 ] || tail -3 "$out/$name.log"
 }
-variant scan "" --set scan_layers=true --trace "$out/trace_scan"
-variant unroll "" --set scan_layers=false --trace "$out/trace_unroll"
-variant scan_nocb "--xla_gpu_enable_command_buffer=" --set scan_layers=true
-variant scan_cbloops "--xla_gpu_enable_command_buffer=$loops" --set scan_layers=true --trace "$out/trace_scan_cbloops"
-variant unroll_cbloops "--xla_gpu_enable_command_buffer=$loops" --set scan_layers=false
+variant scan "" --config.scan_layers=true --trace "$out/trace_scan"
+variant unroll "" --config.scan_layers=false --trace "$out/trace_unroll"
+variant scan_nocb "--xla_gpu_enable_command_buffer=" --config.scan_layers=true
+variant scan_cbloops "--xla_gpu_enable_command_buffer=$loops" --config.scan_layers=true --trace "$out/trace_scan_cbloops"
+variant unroll_cbloops "--xla_gpu_enable_command_buffer=$loops" --config.scan_layers=false
