@@ -4,14 +4,14 @@ from lip_jax.data.errors import DataError
 from lip_jax.data.augment import STAGE1_AUGMENT, STAGE2_AUGMENT, Augment
 from lip_jax.data.masks import FAMILIES as MASK_FAMILIES
 from lip_jax.data.masks import FileMasks, load_mask, make_mask, token_mask
-from lip_jax.data.pipeline import ByteTokenizer, Loader, PipelineConfig
+from lip_jax.data.pipeline import Loader, PipelineConfig
 from lip_jax.data.shapes import Shapes, dominant
 from lip_jax.data.sources import (SOURCES, CocoCaptions, ConceptualCaptions, ImageFolder,
                                   ImageNetList, MaskEvalFolder, Tfds, open_source, read_image)
 
 __all__ = [
     "DataError", "Augment", "STAGE1_AUGMENT", "STAGE2_AUGMENT", "MASK_FAMILIES", "FileMasks",
-    "load_mask", "make_mask", "token_mask", "ByteTokenizer", "Loader", "PipelineConfig",
+    "load_mask", "make_mask", "token_mask", "Loader", "PipelineConfig",
     "Shapes", "dominant", "SOURCES", "CocoCaptions", "ConceptualCaptions", "ImageFolder",
     "ImageNetList", "MaskEvalFolder", "Tfds", "open_source", "read_image",
 ]

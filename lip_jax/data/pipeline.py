@@ -33,6 +33,7 @@ from PIL import Image
 from lip_jax.data import masks as masks_lib
 from lip_jax.data.augment import STAGE2_AUGMENT, Augment, augment, center_resize
 from lip_jax.data.errors import DataError
+from lip_jax.models.tokenizer import ByteTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -40,23 +41,6 @@ log = logging.getLogger(__name__)
 MAX_ERRORS_IN_A_ROW = 1000
 
 Tokenizer = Callable[[list], np.ndarray]  # texts -> int32 [len(texts), context_length]
-
-
-class ByteTokenizer:
-    """Stand-in tokenizer for tests and benchmarks, NOT the model's tokenizer:
-    UTF-8 bytes between start (256) and end (257) ids, truncated and
-    zero-padded to `context_length`. Pass the project's CLIP BPE tokenizer
-    for real training."""
-
-    def __init__(self, context_length: int = 77):
-        self.context_length = context_length
-
-    def __call__(self, texts) -> np.ndarray:
-        out = np.zeros((len(texts), self.context_length), np.int32)
-        for row, text in enumerate(texts):
-            ids = [256, *text.encode("utf-8")[:self.context_length - 2], 257]
-            out[row, :len(ids)] = ids
-        return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -177,7 +177,7 @@ class HostLoader:
 
     def __init__(self, config, process_index: int | None = None, process_count: int | None = None):
         from lip_jax.data import STAGE1_AUGMENT, STAGE2_AUGMENT, Loader, PipelineConfig, open_source
-        from lip_jax.data.pipeline import ByteTokenizer
+        from lip_jax.models.tokenizer import ByteTokenizer
 
         index = jax.process_index() if process_index is None else process_index
         count = jax.process_count() if process_count is None else process_count
