@@ -39,6 +39,19 @@ def build(preset: str) -> ml_collections.ConfigDict:
     c.train = dict(total_steps=1_000_000, lr=5e-4, warmup_fraction=0.05, weight_decay=0.0, grad_accum=1,
                    max_grad_norm=0.0, init_ckpt="", log_every=50, save_every=5000, sample_every=0, keep=3)
     c.sample = dict(top_k=128, temperature=1.0, num_samples=2, best_n=2)  # official tk, sample_K, best_n
+    # `lip-jax eval` of this model (the official lip4maskcoco evaluation settings).
+    c.eval = dict(
+        sample_K=2,            # candidates sampled per image (official sample_K)
+        best_n=2,              # candidates kept per image after reranking (official best_n)
+        top_k=128,             # official tk
+        temperature=1.0,
+        seed=42,               # per batch: derived from (seed, index of its first example)
+        batch_size=8,          # images per sampling batch (per process)
+        clip_resize="nearest",  # the official reranker's F.interpolate(size=224); "bicubic" = OpenAI's
+        clip_config="",        # CLIP preset for --clip when head counts are not width / 64
+        metric_batch_size=32,  # images per LPIPS / Inception / CLIP-score batch (per process)
+        max_examples=0,        # 0 = every example (official max_eval_samples)
+    )
     c.distributed = dict(enabled=False, coordinator_address="", num_processes=0, process_id=-1,
                          cpu_collectives="")
     return c

@@ -3,7 +3,7 @@
     lip-jax demo [--workdir runs/demo]                  # stage 1, stage 2, then the report
     lip-jax train --config configs/shapes_demo.py:stage1 --workdir runs/demo/stage1
     lip-jax train --config configs/shapes_demo.py:stage2 --workdir runs/demo/stage2 \
-        --config.vqgan_ckpt=runs/demo/stage1/params
+        --config.vqgan_ckpt=runs/demo/stage1
 
 Same code paths as the official recipes, at toy size: a DF-VQGAN with 4x4-pixel tokens (8x8 grid,
 128 codes), and an MP-S2S whose text view uses the CLIP BPE tokenizer (one id per word, so a few
@@ -15,7 +15,7 @@ import os
 
 import ml_collections
 
-from lip_jax.cli import load_config
+from lip_jax.app.config import load_config
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SIZE, TOKEN = 32, 4  # image side, VQ token side (pixels)
@@ -54,6 +54,7 @@ def stage2() -> ml_collections.ConfigDict:
                   vae_patch_size=TOKEN)
     c.train.update(total_steps=600, lr=2e-3, log_every=25, save_every=200, sample_every=200, keep=1)
     c.sample.update(top_k=8, temperature=1.0, num_samples=1)
+    c.eval.update(sample_K=1, best_n=1, top_k=8, batch_size=16)
     return c
 
 

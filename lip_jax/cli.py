@@ -1,190 +1,163 @@
-"""`lip-jax` command line: reconstruct, convert (more subcommands arrive with their features).
+"""`lip-jax`: NUWA-LIP from the command line — train, inpaint, eval, reconstruct, convert, demo.
 
+Every command that takes `--config FILE[:arg]` also takes `--config.key.path=value` overrides.
 Bad input ends with one line `lip-jax: error: ...` and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 
-import numpy as np
+DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "shapes_demo.py")
+OVERRIDES = "--config.KEY=VALUE overrides any config field (typed like the field), e.g. --config.train.lr=1e-4"
 
 
-class UsageError(ValueError):
-    """Bad input from the user: reported in one line, exit code 2."""
-
-
-def load_config(spec: str):
-    """`path/to/config.py[:arg]` -> the ConfigDict its `get_config(arg)` returns."""
-    path, _, arg = spec.partition(":")
-    if not os.path.isfile(path):
-        raise UsageError(f"{path}: config file not found")
-    module_spec = importlib.util.spec_from_file_location(f"lip_jax_config_{abs(hash(path))}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-        return module.get_config(arg or None)
-    except ValueError as e:
-        raise UsageError(f"{path}: {e}") from e
-    except AttributeError as e:
-        raise UsageError(f"{path}: not a config file (needs get_config): {e}") from e
-
-
-def read_image(path: str):
-    """RGB image file -> uint8 [H, W, 3]."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not os.path.isfile(path):
-        raise UsageError(f"{path}: image file not found")
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as e:
-        raise UsageError(f"{path}: not a readable image ({e})") from e
-
-
-def read_mask(path: str, image_shape: tuple[int, int]) -> np.ndarray:
-    """Mask image file (any mode; non-zero = defective) -> bool [H, W], validated against the image."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not os.path.isfile(path):
-        raise UsageError(f"{path}: mask file not found")
-    try:
-        with Image.open(path) as im:
-            mask = np.asarray(im)
-    except (UnidentifiedImageError, OSError) as e:
-        raise UsageError(f"{path}: not a readable mask image ({e})") from e
-    mask = mask.any(axis=-1) if mask.ndim == 3 else mask.astype(bool)
-    if mask.shape != tuple(image_shape):
-        raise UsageError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
-                         f"{image_shape[1]}x{image_shape[0]}")
-    if not mask.any():
-        raise UsageError(f"{path}: mask has no defective (non-zero) pixel")
-    return mask
-
-
-def to_model_size(image: np.ndarray, mask: np.ndarray, size: int, what: str):
-    """Resize image (bicubic) and mask (nearest) to the model resolution, with a note."""
-    from PIL import Image
-
-    if image.shape[:2] == (size, size):
-        return image, mask
-    print(f"note: {what}: resizing {image.shape[1]}x{image.shape[0]} to the model resolution {size}x{size}",
-          file=sys.stderr)
-    image = np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
-    mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 0
-    if not mask.any():
-        raise UsageError(f"{what}: the hole vanishes when the mask is resized to {size}x{size}")
-    return image, mask
-
-
-def to_unit(image: np.ndarray) -> np.ndarray:
-    return image.astype(np.float32) / 127.5 - 1.0
-
-
-def to_uint8(image) -> np.ndarray:
-    return np.clip(np.round((np.asarray(image) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-def cmd_reconstruct(args) -> None:
-    import jax
-    import jax.numpy as jnp
-    from PIL import Image
-
-    from lip_jax.convert.dfvqgan import param_template
-    from lip_jax.models import dfvqgan
-    from lip_jax.train.checkpoints import load_params
-
-    cfg = load_config(args.config).vqgan
-    image = read_image(args.image)
-    mask = read_mask(args.mask, image.shape[:2])
-    image, mask = to_model_size(image, mask, cfg.resolution, args.image)
-    params = load_params(args.ckpt, param_template(cfg))
-    model = dfvqgan.from_config(cfg)
-
-    @jax.jit
-    def run(params, x, m):
-        enc = model.apply({"params": params}, x, m, method=dfvqgan.DFVQGAN.encode)
-        return model.apply({"params": params}, enc["quant"], enc["skips"], enc["skip_masks"],
-                           method=dfvqgan.DFVQGAN.decode)
-
-    x = np.where(mask[..., None], 0.0, to_unit(image))[None]  # the defective image: hole unknown
-    out = np.asarray(run(params, jnp.asarray(x), jnp.asarray(mask[None])))
-    Image.fromarray(to_uint8(out[0])).save(args.out)
-    if args.npy:
-        np.save(args.npy, out.astype(np.float32))
-    print(f"wrote {args.out}" + (f" and {args.npy}" if args.npy else ""))
-
-
-def run_train(argv: list[str]) -> int:
-    """`lip-jax train --config FILE[:arg] --workdir DIR [--config.key=value ...]` (absl flags)."""
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    flag_values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "training config file[:arg]", flag_values=flag_values,
-                                    lock_config=True)
-    flags.DEFINE_string("workdir", None, "run directory (checkpoints, logs)", flag_values=flag_values)
-    try:
-        flag_values(["lip-jax train", *argv])
-        config = flag_values.config
-        if config is not None:
-            config.keys()  # a config file that failed to load raises only when used
-    except (KeyError, AttributeError) as e:
-        raise UsageError(f"--config override names a field the config does not have: {e}") from e
-    except (flags.Error, ValueError, OSError) as e:
-        raise UsageError(" ".join(str(e).split())[:300]) from e
-    if config is None or not flag_values.workdir:
-        raise UsageError("train needs --config FILE[:arg] and --workdir DIR")
-    from lip_jax.train.trainer import train
-
-    train(config, flag_values.workdir)
-    return 0
+def _config_arg(p, example: str, required: bool = True) -> None:
+    p.add_argument("--config", required=required, help=f"config file[:arg], e.g. {example}. {OVERRIDES}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lip-jax", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="lip-jax", description=__doc__.splitlines()[0],
+                                     epilog=OVERRIDES)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("train", help="train stage 1 or 2: --config FILE[:arg] --workdir DIR [--config.k=v ...]",
-                   add_help=False)
+    p = sub.add_parser("train", help="train stage 1 (DF-VQGAN) or stage 2 (MP-S2S); resumes from WORKDIR",
+                       description="Train (or resume) one stage. Checkpoints go to WORKDIR/checkpoints; a run "
+                                   "that reaches its last step writes WORKDIR/params, the weights every other "
+                                   "command takes (stage 1: DF-VQGAN; stage 2: MP-S2S with its DF-VQGAN).",
+                       epilog="Print the resolved config (overrides applied) with --print-config. " + OVERRIDES)
+    _config_arg(p, "configs/mps_cc.py or configs/shapes_demo.py:stage1")
+    p.add_argument("--workdir", help="run directory: checkpoints/, params/, metrics.jsonl, tb/, samples/")
+    p.add_argument("--print-config", action="store_true", help="print the config and exit")
+    p.set_defaults(fn="commands.train")
 
-    p = sub.add_parser("reconstruct", help="encode a defective image with DF-VQGAN and decode it")
-    p.add_argument("--config", required=True, help="config file[:arg], e.g. configs/dfvqgan_imagenet.py")
-    p.add_argument("--ckpt", required=True, help="orbax parameter checkpoint directory")
+    p = sub.add_parser("inpaint", help="fill the masked region of an image following a text",
+                       description="Language-guided inpainting with NUWA-LIP. The image comes back at its own "
+                                   "size: a window of the model's resolution around the hole is inpainted and "
+                                   "only the hole is pasted back (--no-composite: the window's whole output). "
+                                   "A mask covering the whole image generates from the text alone; an empty "
+                                   "--text is unconditional on text.", epilog=OVERRIDES)
+    _config_arg(p, "configs/mps_coco.py")
+    p.add_argument("--ckpt", required=True, help="stage-2 workdir (or its params/), orbax {mps, vqgan} from "
+                                                 "lip-jax convert, or the official NUWA-LIP .pth")
     p.add_argument("--image", required=True)
-    p.add_argument("--mask", required=True, help="PNG, non-zero = defective")
+    p.add_argument("--mask", required=True, help="image file, non-zero = region to fill (alpha is ignored)")
+    p.add_argument("--invert-mask", action="store_true", help="the mask marks the region to keep")
+    p.add_argument("--text", required=True, help='guidance text ("" = none)')
+    p.add_argument("--num-samples", type=int, help="candidates (default: config sample.num_samples)")
+    p.add_argument("--top-k", type=int, help="top-k filtering (default: config sample.top_k)")
+    p.add_argument("--temperature", type=float, help="(default: config sample.temperature)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--composite", action=argparse.BooleanOptionalAction, default=True,
+                   help="paste only the hole back into the image (default: on)")
+    p.add_argument("--clip", help="CLIP reranker: OpenAI ViT-B-32.pt, HF CLIPModel dir or hub name, orbax dir "
+                                  "(default: the checkpoint's clip_sim if it has one, else no reranking)")
+    p.add_argument("--clip-config", help="CLIP preset when the sizes cannot be read from --clip")
+    p.add_argument("--out", required=True, help="output PNG: the best candidate, at the image's size")
+    p.add_argument("--grid", help="also write a PNG: input with hole, mask, every candidate (best first)")
+    p.set_defaults(fn="commands.inpaint")
+
+    p = sub.add_parser("eval", help="inpaint an evaluation set (MaskCOCO layout), write eval_visu/ and metrics.json",
+                       description="Evaluate NUWA-LIP on a folder in the MaskCOCO layout (gt/, mask/NNNN.mask.png, "
+                                   "guidance/, mask_img/). Resumable: rerun the same command after an "
+                                   "interruption.", epilog=OVERRIDES)
+    _config_arg(p, "configs/lip_maskcoco.py")
+    p.add_argument("--ckpt", required=True, help="stage-2 workdir, orbax {mps, vqgan[, clip]} or official .pth")
+    p.add_argument("--data", required=True, help="evaluation folder (gt/, mask/, guidance/[, mask_img/]), "
+                                                 "or its parent holding eval_visu/")
+    p.add_argument("--out", required=True, help="output directory (eval_visu/, metrics.json)")
+    p.add_argument("--clip", help="CLIP for reranking and the CLIP score: OpenAI ViT-B-32.pt, HF CLIPModel dir, "
+                                  "orbax dir (lip-jax convert --kind clip) (default: the checkpoint's clip_sim)")
+    p.add_argument("--clip-config", help="CLIP preset when the head counts are not width / 64 "
+                                         "(default: config eval.clip_config)")
+    p.add_argument("--lpips", help="LPIPS weights: orbax dir (lip-jax convert --kind lpips), a merged .pth, "
+                                   "or VGG16.pth,HEADS.pth")
+    p.add_argument("--fid-weights", help="pytorch-fid Inception weights: .pth or orbax dir (--kind inception)")
+    p.add_argument("--fid-stats", help="reference statistics .npz (mu, sigma; pytorch-fid format); "
+                                       "default: computed from the ground-truth images")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(fn="evaluate.run")
+
+    p = sub.add_parser("reconstruct", help="encode a defective image with DF-VQGAN and decode it",
+                       epilog=OVERRIDES)
+    _config_arg(p, "configs/dfvqgan_imagenet.py")
+    p.add_argument("--ckpt", required=True, help="stage-1 workdir (or its params/), orbax DF-VQGAN or official .pth")
+    p.add_argument("--image", required=True)
+    p.add_argument("--mask", required=True, help="image file, non-zero = defective (alpha is ignored)")
     p.add_argument("--out", required=True, help="output PNG")
     p.add_argument("--npy", help="also write the raw float32 NHWC output in [-1, 1]")
-    p.set_defaults(fn=cmd_reconstruct)
+    p.set_defaults(fn="commands.reconstruct")
 
-    from lip_jax.convert import cli as convert_cli
-    convert_cli.add_parser(sub)
+    from lip_jax.app.convert import KINDS
+    p = sub.add_parser("convert", help="PyTorch checkpoint <-> orbax directory, every weight kind (needs the "
+                                       "torch extra: pip install 'lip-jax[torch]')",
+                       description="Convert a PyTorch weight file to an orbax directory (--from is a file) or back "
+                                   "(--from is an orbax directory or a training workdir). Kinds: "
+                                   + ", ".join(KINDS) + "; without --kind it is read from the keys. Needs "
+                                   "PyTorch: pip install 'lip-jax[torch]'.")
+    p.add_argument("--kind", choices=KINDS, help="weight kind (default: detected from --from)")
+    _config_arg(p, "configs/dfvqgan_imagenet.py (dfvqgan) or configs/lip_maskcoco.py (lip)", required=False)
+    p.add_argument("--from", dest="src", required=True, help="PyTorch file (or HF CLIP directory), orbax "
+                                                             "directory or training workdir")
+    p.add_argument("--to", dest="dst", required=True, help="orbax directory (must not exist) or .pth file")
+    p.add_argument("--heads", help="lpips: the LPIPS heads file (lpips/taming vgg.pth), read with the "
+                                   "torchvision VGG16 --from, or written beside --to")
+    p.add_argument("--clip-config", help="clip (and the lip checkpoint's clip_sim): CLIP preset when the "
+                                         "head counts are not width / 64, e.g. tiny")
+    p.add_argument("--only", choices=("mps", "vqgan"),
+                   help="lip, .pth -> orbax: write only this part (mps: for train.init_ckpt; vqgan: for vqgan_ckpt)")
+    p.add_argument("--axial-naming", choices=("underscore", "dot"), default="underscore",
+                   help="lip, orbax -> .pth: axial positional embedding keys weights_0 (release) or weights.0")
+    p.set_defaults(fn="convert.run")
 
-    from lip_jax import demo, inpaint
-    inpaint.add_parser(sub)
-    demo.add_parser(sub)
-    from lip_jax.eval import runner
-    runner.add_parser(sub)
+    p = sub.add_parser("demo", help="train both stages on synthetic shapes and inpaint with true and "
+                                    "counterfactual captions (CPU, minutes)")
+    p.add_argument("--workdir", default="runs/demo", help="run directory (default: runs/demo)")
+    p.add_argument("--config", default=DEMO_CONFIG, help="demo config file (default: configs/shapes_demo.py)")
+    p.add_argument("--images", type=int, help="held-out images to inpaint (default: from the config)")
+    p.set_defaults(fn="demo.run")
     return parser
 
 
+def _enable_compilation_cache() -> None:
+    """Compiled programs persist across commands: a second `lip-jax inpaint` with the same shapes
+    loads them instead of compiling again (LIP_JAX_CACHE_DIR moves the cache; empty turns it off)."""
+    import jax
+
+    path = os.environ.get("LIP_JAX_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "lip-jax", "xla"))
+    if path:
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    import importlib
+
+    from lip_jax.app.config import UsageError, split_overrides
     from lip_jax.convert.common import ConversionError
     from lip_jax.data.errors import DataError
     from lip_jax.train.checkpoints import CheckpointError
 
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        if argv and argv[0] == "train":
-            return run_train(argv[1:])
-        args = build_parser().parse_args(argv)
-        args.fn(args)
+        rest, overrides = split_overrides(argv)
+        args = build_parser().parse_args(rest)
+        if overrides and args.command == "demo":
+            raise UsageError("demo takes no --config.* overrides; edit a copy of configs/shapes_demo.py")
+        args.overrides = overrides
+        _enable_compilation_cache()
+        module, _, fn = args.fn.rpartition(".")
+        getattr(importlib.import_module(f"lip_jax.app.{module}"), fn)(args)
     except (UsageError, ConversionError, CheckpointError, DataError) as e:
         print(f"lip-jax: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        if e.name != "torch":
+            raise
+        print(f"lip-jax: error: {args.command} needs PyTorch for this file: pip install 'lip-jax[torch]'",
+              file=sys.stderr)
         return 2
     return 0
 

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from lip_jax import inpaint as I
-from lip_jax.cli import load_config, main
+from lip_jax.app import checkpoints as AC
+from lip_jax.app import pipeline as I
+from lip_jax.app.config import load_config
+from lip_jax.cli import main
 from lip_jax.convert import clip as CC
 from lip_jax.convert import dfvqgan as CV
 from lip_jax.convert import inception as CI
@@ -97,7 +99,7 @@ def test_round_trip_through_the_cli_is_bit_exact(files, tmp_path, capsys, kind):
         assert_same(torch.load(heads), torch.load(tmp_path / "heads.pth"), "lpips heads")
     if kind == "lip":  # the orbax tree is what inpaint loads, reranker included
         cfg = load_config(LIP_CONFIG)
-        got = I.load_lip_checkpoint(orbax, cfg.mps, cfg.vqgan)
+        got = AC.load_lip(orbax, cfg.mps, cfg.vqgan)
         assert set(got) == {"mps", "vqgan", "clip"} and got["clip"][1] == SIM_CFG
     if kind == "inception":
         assert set(load_params(orbax)) == {"params", "batch_stats"}

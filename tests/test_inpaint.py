@@ -1,7 +1,8 @@
 """Inpainting pipeline and `lip-jax inpaint` end to end on tiny random models: DF-VQGAN "reduced"
 at 32 px (4x4 tokens over a 128 codebook), a matching MP-S2S and the tiny CLIP.
 
-The CLI tests call lip_jax.cli.main and need `inpaint` registered there (two lines in cli.py)."""
+Photos of any size: the CLI and `Inpainter` cut a window of the model's size around the hole and paste
+only the hole back."""
 
 import os
 
@@ -14,8 +15,10 @@ from PIL import Image
 
 import torch_clip as T
 from random_weights import random_params
-from lip_jax import inpaint as I
-from lip_jax.cli import main, to_uint8
+from lip_jax.app import checkpoints as AC
+from lip_jax.app import pipeline as I
+from lip_jax.cli import main
+from lip_jax.data.images import to_uint8
 from lip_jax.convert import clip as CC
 from lip_jax.convert.common import save_torch_checkpoint
 from lip_jax.convert.mps2s import lip_to_torch
@@ -173,7 +176,7 @@ def test_load_lip_checkpoint_orbax_and_official_pth(models, tmp_path):
     vq, mps, clip = models
     d = str(tmp_path / "orbax")
     save_params(d, {"mps": mps, "vqgan": vq})
-    got = I.load_lip_checkpoint(d, MPS, VQ)
+    got = AC.load_lip(d, MPS, VQ)
     assert set(got) == {"mps", "vqgan"}
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves({"mps": mps, "vqgan": vq})):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -184,7 +187,7 @@ def test_load_lip_checkpoint_orbax_and_official_pth(models, tmp_path):
     sim = {f"model.{k}": v for k, v in CC.clip_to_openai(cparams).items()}
     pth = str(tmp_path / "lip.pth")
     save_torch_checkpoint(lip_to_torch({"mps": mps, "vqgan": vq, "clip_sim": sim}, MPS, VQ), pth)
-    got = I.load_lip_checkpoint(pth, MPS, VQ)
+    got = AC.load_lip(pth, MPS, VQ)
     assert got["clip"][1] == ccfg
     for a, b in zip(jax.tree_util.tree_leaves((got["mps"], got["vqgan"], got["clip"][0])),
                     jax.tree_util.tree_leaves((mps, vq, cparams))):
@@ -193,8 +196,8 @@ def test_load_lip_checkpoint_orbax_and_official_pth(models, tmp_path):
 
     wrong = str(tmp_path / "wrong")
     save_params(wrong, {"mps": mps, "vqgan": {"x": np.zeros(2)}})
-    with pytest.raises(CheckpointError, match="'vqgan' parameters do not match"):
-        I.load_lip_checkpoint(wrong, MPS, VQ)
+    with pytest.raises(CheckpointError, match=r"parameters do not match.*\['vqgan'\]"):
+        AC.load_lip(wrong, MPS, VQ)
 
 
 # --- command line ---------------------------------------------------------------------------------
@@ -254,10 +257,10 @@ def test_cli_all_hole_mask_and_empty_text_are_allowed(files, capsys):
 @pytest.mark.parametrize("case,match", [
     ("missing_image", "image file not found"),
     ("mask_size", "mask is 32x24 but the image is 32x32"),
-    ("no_hole", "mask has no defective"),
+    ("no_hole", "mask has no hole"),
     ("missing_ckpt", "no such checkpoint"),
     ("config_mismatch", "codebook 64 != MP-S2S"),
-    ("bad_top_k", "--top-k >= 1"),
+    ("bad_top_k", "top_k >= 1"),
 ])
 def test_cli_bad_inputs_exit_2_with_one_line(files, capsys, case, match):
     root = files
@@ -272,3 +275,80 @@ def test_cli_bad_inputs_exit_2_with_one_line(files, capsys, case, match):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("lip-jax: error: ") and match in err[0], err
+
+
+# --- photos at their own size ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def photo(files):
+    """A 1000x750 photo with a small hole, and a hole larger than the model's 32 px window."""
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (750, 1000, 3), dtype=np.uint8)
+    Image.fromarray(image).save(files / "photo.png")
+    small = np.zeros((750, 1000), np.uint8)
+    small[400:412, 600:615] = 255
+    Image.fromarray(small).save(files / "photo_hole.png")
+    large = np.zeros((750, 1000), np.uint8)
+    large[100:400, 200:700] = 255
+    Image.fromarray(large).save(files / "photo_big_hole.png")
+    return image, small > 0, large > 0
+
+
+@pytest.mark.parametrize("hole", ["photo_hole.png", "photo_big_hole.png"])
+def test_cli_photo_comes_back_at_its_size_unchanged_outside_the_hole(files, photo, hole, capsys):
+    image, small, large = photo
+    mask = small if hole == "photo_hole.png" else large
+    argv = _argv(files, "--num-samples", "1", mask=hole)
+    argv[argv.index("--image") + 1] = str(files / "photo.png")
+    assert main(argv) == 0, capsys.readouterr().err
+    out = np.asarray(Image.open(files / "out.png"))
+    assert out.shape == (750, 1000, 3)
+    np.testing.assert_array_equal(out[~mask], image[~mask])  # bit-identical outside the hole
+    assert (out[mask] != image[mask]).any(axis=-1).mean() > 0.5
+
+
+def test_inpainter_equals_the_cli_and_no_composite_replaces_the_window(models, files, photo, capsys):
+    vq, mps, _ = models
+    image, small, _ = photo
+    from lip_jax.app.config import load_config
+
+    inpainter = I.Inpainter({"mps": mps, "vqgan": vq}, load_config(str(files / "cfg.py")))
+    out = inpainter(str(files / "photo.png"), str(files / "photo_hole.png"), "a red car", num_samples=1, seed=3)
+    argv = _argv(files, "--num-samples", "1", "--seed", "3", mask="photo_hole.png")
+    argv[argv.index("--image") + 1] = str(files / "photo.png")
+    assert main(argv) == 0, capsys.readouterr().err
+    np.testing.assert_array_equal(out.images[0], np.asarray(Image.open(files / "out.png")))
+    # --invert-mask: the inverted file marks what to keep, so the same hole is filled.
+    Image.fromarray(((~small) * 255).astype(np.uint8)).save(files / "keep.png")
+    inverted = inpainter(image, str(files / "keep.png"), "a red car", num_samples=1, seed=3, invert_mask=True)
+    np.testing.assert_array_equal(inverted.images[0], out.images[0])
+    # Without paste-back the whole window is the model's output, and nothing outside it changes.
+    raw = inpainter(image, small, "a red car", num_samples=1, seed=3, composite=False)
+    w = raw.windows[0]
+    assert w.side == 32
+    outside = np.ones(small.shape, bool)
+    outside[w.top:w.bottom, w.left:w.right] = False
+    np.testing.assert_array_equal(raw.images[0][outside], image[outside])
+    np.testing.assert_array_equal(raw.images[0][small], out.images[0][small])
+
+
+def test_opaque_rgba_mask_and_16_bit_image_read_like_their_plain_twins(files, photo, capsys):
+    """One reading rule for every command: alpha is transparency (never "hole"), 16-bit is scaled."""
+    from lip_jax.data.images import read_image, read_mask
+
+    m = np.zeros((32, 32), np.uint8)
+    m[10:20, 3:17] = 255
+    rgba = np.dstack([m, m, m, np.full_like(m, 255)])  # opaque everywhere, white = hole
+    Image.fromarray(rgba, "RGBA").save(files / "mask_rgba.png")
+    np.testing.assert_array_equal(read_mask(files / "mask_rgba.png"), m > 0)
+    grey = np.random.default_rng(2).integers(0, 256, (32, 32)).astype(np.uint16)
+    Image.fromarray(grey * 257).save(files / "img16.png")  # 16-bit PNG, same picture
+    Image.fromarray(grey.astype(np.uint8)).save(files / "img8.png")
+    np.testing.assert_array_equal(read_image(files / "img16.png"), read_image(files / "img8.png"))
+    outs = []
+    for image, mask in (("img8.png", "mask.png"), ("img16.png", "mask_rgba.png")):
+        argv = _argv(files, "--num-samples", "1", mask=mask)
+        argv[argv.index("--image") + 1] = str(files / image)
+        assert main(argv) == 0, capsys.readouterr().err
+        outs.append(np.asarray(Image.open(files / "out.png")))
+    np.testing.assert_array_equal(outs[0], outs[1])

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lip_jax.data import DataError, masks
+from lip_jax.data import DataError, images, masks
 
 H, W = 64, 96  # not square, so height/width mix-ups show
 RANDOM_FAMILIES = ["stage1_boxes", "stage2", "brush", "thin", "thick", "half"]
@@ -148,13 +148,13 @@ def test_load_mask_nonzero_is_hole_and_validated(tmp_path):
     values = np.zeros((8, 10), np.uint8)
     values[1, 2], values[3, 4] = 255, 7
     Image.fromarray(values).save(tmp_path / "m.png")
-    m = masks.load_mask(tmp_path / "m.png", (8, 10))
+    m = images.read_mask(tmp_path / "m.png", (8, 10))
     np.testing.assert_array_equal(m, values != 0)
     with pytest.raises(DataError, match="m.png.*expected 9x10"):
-        masks.load_mask(tmp_path / "m.png", (9, 10))
+        images.read_mask(tmp_path / "m.png", (9, 10))
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="bad.png"):
-        masks.load_mask(tmp_path / "bad.png")
+        images.read_mask(tmp_path / "bad.png")
 
 
 def test_file_masks_resize_and_invert(tmp_path):

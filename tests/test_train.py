@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lip_jax.cli import load_config
+from lip_jax.app.config import load_config
 from lip_jax.models import dfvqgan
 from lip_jax.train import stage1, stage2
 from lip_jax.train.checkpoints import load_params, save_params
@@ -173,7 +173,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, vq_ckpt):
 
 RESHARD = """
 import sys, jax
-from lip_jax.cli import load_config
+from lip_jax.app.config import load_config
 from lip_jax.train.trainer import train
 c = load_config(sys.argv[1]); c.vqgan_ckpt = sys.argv[2]; c.train.total_steps = 20; c.train.save_every = 10
 c.mesh = dict(data=4, fsdp=1, tensor=1)

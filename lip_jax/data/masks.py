@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from lip_jax.data.errors import DataError
+from lip_jax.data.images import read_mask
 
 MaskFn = Callable[[np.random.Generator, int, int], np.ndarray]
 
@@ -274,22 +275,6 @@ def token_mask(mask: np.ndarray, patch: int = 8) -> np.ndarray:
     return per_row.reshape(*lead, h // patch, patch, w // patch).any(axis=-2)
 
 
-def load_mask(path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Read a mask image (any non-zero value of its first channel = hole).
-
-    `size` is the expected (height, width); a different size is an error.
-    """
-    try:
-        with Image.open(path) as im:
-            array = np.asarray(im.convert("RGB"))[..., 0]
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read mask image ({e})") from None
-    if size is not None and array.shape != tuple(size):
-        raise DataError(f"{path}: mask is {array.shape[0]}x{array.shape[1]}, "
-                        f"expected {size[0]}x{size[1]}")
-    return array != 0
-
-
 class FileMasks:
     """A mask family drawn from a folder of mask images (e.g. the irregular-mask benchmark).
 
@@ -308,7 +293,7 @@ class FileMasks:
         self.invert = invert
 
     def __call__(self, rng, height, width) -> np.ndarray:
-        mask = load_mask(self.files[int(rng.integers(len(self.files)))])
+        mask = read_mask(self.files[int(rng.integers(len(self.files)))])
         if mask.shape != (height, width):
             im = Image.fromarray(mask.astype(np.uint8) * 255)
             mask = np.asarray(im.resize((width, height), Image.NEAREST)) > 0

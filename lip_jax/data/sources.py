@@ -18,10 +18,9 @@ import logging
 import os
 
 import numpy as np
-from PIL import Image
 
 from lip_jax.data.errors import DataError
-from lip_jax.data.masks import load_mask
+from lip_jax.data.images import read_image, read_mask
 from lip_jax.data.shapes import Shapes
 
 log = logging.getLogger(__name__)
@@ -30,15 +29,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 # The official code holds out the last 32 files of imagenet_train.txt for
 # validation (config/dfvq4imagenet/__init__.py, ImageNetDataset).
 IMAGENET_VAL_SIZE = 32
-
-
-def read_image(path) -> np.ndarray:
-    """Decode an image file to uint8 RGB [H, W, 3]; `DataError` if it cannot be read."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: cannot decode image ({e})") from None
 
 
 def _require_dir(path, what: str) -> None:
@@ -210,7 +200,7 @@ class MaskEvalFolder:
         image = read_image(self._path("gt", name + ".png"))
         masked_path = self._path("mask_img", name + ".png")
         masked = read_image(masked_path) if os.path.isfile(masked_path) else image
-        mask = load_mask(self._path("mask", name + ".mask.png"), image.shape[:2])
+        mask = read_mask(self._path("mask", name + ".mask.png"), image.shape[:2])
         if masked.shape != image.shape:
             raise DataError(f"{masked_path}: size {masked.shape[:2]} differs from "
                             f"its ground truth {image.shape[:2]}")
@@ -257,7 +247,7 @@ class ImageFolder:
         example = {"image": image, "id": rel,
                    "text": _read_text(caption) if os.path.isfile(caption) else ""}
         if self.with_masks:
-            example["mask"] = load_mask(self._sidecar(rel, ".mask.png"), image.shape[:2])
+            example["mask"] = read_mask(self._sidecar(rel, ".mask.png"), image.shape[:2])
         return example
 
     def __repr__(self) -> str:

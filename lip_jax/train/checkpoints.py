@@ -1,4 +1,9 @@
-"""Parameter checkpoints on disk (orbax)."""
+"""Parameter checkpoints on disk (orbax), and the `params` directory a training run leaves.
+
+A finished `lip-jax train` writes `WORKDIR/params`: the DF-VQGAN parameters for stage 1, and
+`{"mps", "vqgan"}` for stage 2 (the DF-VQGAN it was trained over travels with it, so inference needs
+one path). Every loader accepts the workdir itself or its `params` directory.
+"""
 
 from __future__ import annotations
 
@@ -18,23 +23,67 @@ class CheckpointError(ValueError):
     """A checkpoint directory is missing, unreadable or does not fit the model."""
 
 
-def save_params(directory: str, params) -> None:
-    """Write a parameter tree as an orbax checkpoint (directory must not exist yet)."""
+PARAMS = "params"
+
+
+def save_params(directory: str, params, overwrite: bool = False) -> None:
+    """Write a parameter tree as an orbax checkpoint. orbax writes into a temporary directory and
+    renames it at the end, so a reader never sees half a tree; `overwrite` replaces an old one."""
     directory = os.path.abspath(directory)
-    if os.path.exists(directory):
+    if os.path.exists(directory) and not overwrite:
         raise CheckpointError(f"{directory}: already exists, refusing to overwrite")
     with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(directory, nn.unbox(params))
+        ckpt.save(directory, nn.unbox(params), force=overwrite)
 
 
-def load_params(directory: str, template=None):
+def resolve(path: str) -> str:
+    """A training workdir -> its `params` directory; any other path unchanged."""
+    inner = os.path.join(path, PARAMS)
+    if os.path.isdir(path) and not _is_orbax(path) and os.path.isdir(inner):
+        return inner
+    if os.path.isdir(os.path.join(path, "checkpoints")) and not os.path.isdir(inner):
+        raise CheckpointError(f"{path}: a training workdir without {PARAMS}/ (the run has not finished; "
+                              f"rerun the same `lip-jax train` command to complete it)")
+    return path
+
+
+def _is_orbax(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "_CHECKPOINT_METADATA")) or os.path.isfile(
+        os.path.join(path, "_METADATA"))
+
+
+def stored_keys(directory: str) -> list[str]:
+    """Top-level names of a stored parameter tree (metadata only)."""
+    directory = os.path.abspath(resolve(directory))
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"{directory}: no such checkpoint directory")
+    try:
+        with ocp.StandardCheckpointer() as ckpt:
+            meta = ckpt.metadata(directory).item_metadata
+    except Exception as e:  # orbax raises many types for a foreign or truncated directory
+        raise CheckpointError(f"{directory}: not a readable orbax checkpoint ({type(e).__name__}: {e})") from e
+    meta = getattr(meta, "tree", meta)
+    return sorted(meta) if hasattr(meta, "keys") else []
+
+
+def load_part(path: str, part: str, template):
+    """The `part` subtree ("mps" or "vqgan") of a stage-2 tree, or the whole tree when it is that
+    model alone: stage 2 takes a stage-1 output or a stage-2 output as its DF-VQGAN, alike."""
+    keys = stored_keys(path)
+    if {"mps", "vqgan"} <= set(keys):
+        return load_params(path, {part: nn.unbox(template)}, partial=True)[part]
+    return load_params(path, template)
+
+
+def load_params(directory: str, template=None, partial: bool = False):
     """Read a parameter tree, replicated over every device of every process.
 
     With `template` (a tree of shapes), every leaf must be present and match: checked against the
     checkpoint's metadata first, for a clear message. Without it, the tree is read as stored
-    (single process only: orbax needs a target to restore onto another topology).
+    (single process only: orbax needs a target to restore onto another topology). `partial`: the
+    template names some top-level subtrees only; the others are not read.
     """
-    directory = os.path.abspath(directory)
+    directory = os.path.abspath(resolve(directory))
     if not os.path.isdir(directory):
         raise CheckpointError(f"{directory}: no such checkpoint directory")
     try:
@@ -42,10 +91,18 @@ def load_params(directory: str, template=None):
             if template is None:
                 return ckpt.restore(directory)
             stored = ckpt.metadata(directory).item_metadata
+            stored = getattr(stored, "tree", stored)
+            if partial:
+                stored = {k: stored[k] for k in template if k in stored}
             _check_tree(directory, nn.unbox(template), stored)
             everywhere = NamedSharding(Mesh(np.array(jax.devices()), ("all",)), P())
             target = jax.tree_util.tree_map(
                 lambda t: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=everywhere), nn.unbox(template))
+            if partial:  # only the template's subtrees are read: the other model's bytes are not
+                with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as tree_ckpt:
+                    return tree_ckpt.restore(directory, args=ocp.args.PyTreeRestore(
+                        target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                        partial_restore=True))
             return ckpt.restore(directory, target)
     except CheckpointError:
         raise

@@ -26,7 +26,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from lip_jax import sharding as partitioning
-from lip_jax.train.checkpoints import DataSave, DataRestore, CheckpointError, load_params
+from lip_jax.train.checkpoints import (PARAMS, DataSave, DataRestore, CheckpointError, load_params, load_part,
+                                       save_params)
 
 log = logging.getLogger("lip_jax.train")
 
@@ -41,6 +42,7 @@ class Task:
     batch_keys: tuple = ()
     select: Callable[[int], Any] | None = None  # host step -> variant key of make_step (static)
     preview: Callable | None = None          # (state, batch, *extra) -> uint8 [H, W, 3]
+    export: Callable[[Any], Any] = lambda params: params  # trained params -> WORKDIR/params tree
 
 
 def initialize_distributed(config) -> None:
@@ -105,7 +107,7 @@ def _stage2_task(config) -> Task:
 
     if not config.get("vqgan_ckpt"):
         raise CheckpointError("stage 2 needs config.vqgan_ckpt: an orbax DF-VQGAN checkpoint (lip-jax convert)")
-    vq = load_params(config.vqgan_ckpt, param_template(config.vqgan))
+    vq = load_part(config.vqgan_ckpt, "vqgan", param_template(config.vqgan))
     codebook = vq["quantize"]["embedding"]["embedding"]
     init_ckpt = config.train.get("init_ckpt")
     vq_model = dfvqgan.from_config(config.vqgan)
@@ -129,7 +131,11 @@ def _stage2_task(config) -> Task:
     task = Task(init_boxed_state=lambda rng: stage2.init_boxed_state(config, rng, codebook),
                 make_step=lambda _: stage2.make_train_step(config),
                 extra=(vq,), batch_keys=("image", "mask", "masked_image", "text_ids"), preview=jax.jit(preview))
-    task.init_params = load_params(init_ckpt) if init_ckpt else None
+    if init_ckpt:
+        from lip_jax.convert.mps2s import param_template as mps_template
+
+        task.init_params = load_part(init_ckpt, "mps", mps_template(mcfg))
+    task.export = lambda params: {"mps": params, "vqgan": vq}
     return task
 
 
@@ -320,6 +326,8 @@ def train(config, workdir: str, max_steps: int | None = None) -> dict:
             progress.close()
             writer.close()
             signal.signal(signal.SIGTERM, previous)
+        if done == total:  # only a finished run leaves inference weights
+            save_params(os.path.join(workdir, PARAMS), task.export(state.params), overwrite=True)
         last["steps_per_s"] = (done - start) / max(time.time() - t0, 1e-9)
         return {"step": done, "metrics": last, "state": state, "skipped_examples": data_iter.skipped}
 

@@ -1,4 +1,4 @@
-"""`lip-jax convert`: every weight kind, PyTorch file <-> orbax directory, both directions.
+"""The work of `lip-jax convert`: every weight kind, PyTorch file <-> orbax directory, both directions.
 
 The direction follows `--from`: a file (or a Hugging Face CLIP directory) is read as PyTorch and
 written as an orbax directory; an orbax directory is written back as a PyTorch `.pth`.
@@ -19,63 +19,11 @@ from __future__ import annotations
 
 import os
 import re
-import sys
-from typing import Mapping
 
-import jax
-import numpy as np
+from lip_jax.app.checkpoints import clip_config_of, load_orbax, orbax_template
+from lip_jax.app.config import UsageError, load_config
 
 KINDS = ("dfvqgan", "lip", "clip", "lpips", "inception")
-
-
-# --- orbax helpers shared with `lip-jax eval` -----------------------------------------------------
-
-def orbax_template(path: str):
-    """Shapes and dtypes of a stored orbax tree, read from its metadata (no array is loaded)."""
-    import orbax.checkpoint as ocp
-
-    from lip_jax.train.checkpoints import CheckpointError
-
-    if not os.path.isdir(path):
-        raise CheckpointError(f"{path}: no such checkpoint directory")
-    try:
-        with ocp.StandardCheckpointer() as ckpt:
-            meta = ckpt.metadata(os.path.abspath(path)).item_metadata
-    except Exception as e:  # orbax raises many types for a foreign or truncated directory
-        raise CheckpointError(f"{path}: not a readable orbax checkpoint ({type(e).__name__}: {e})") from e
-    meta = getattr(meta, "tree", meta)
-    if not isinstance(meta, Mapping):
-        raise CheckpointError(f"{path}: not an orbax parameter tree")
-    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), dict(meta))
-
-
-def to_local(tree):
-    """Arrays restored replicated over every process -> numpy (this process's copy)."""
-    def one(a):
-        if isinstance(a, jax.Array) and not a.is_fully_addressable:
-            a = a.addressable_data(0)
-        return np.asarray(a)
-    return jax.tree.map(one, tree)
-
-
-def load_orbax(path: str, template=None):
-    """An orbax tree as numpy; `template` (shapes) is checked strictly, else the stored shapes are
-    used, which also works on several processes (orbax needs a target there)."""
-    from lip_jax.train.checkpoints import load_params
-
-    return to_local(load_params(path, orbax_template(path) if template is None else template))
-
-
-def clip_config_of(params, preset=None):
-    """ClipConfig of Flax CLIP params: `preset` if given, else OpenAI's rule (heads = width / 64)."""
-    from lip_jax.convert import clip as conv_clip
-    from lip_jax.convert import common
-    from lip_jax.models.clip import ClipConfig
-
-    if preset:
-        return ClipConfig.from_any(preset)
-    shapes = common.expected_torch_shapes(params, (), conv_clip.KEY_RULES)
-    return conv_clip.infer_config({k: jax.ShapeDtypeStruct(s, np.float32) for k, (_, s) in shapes.items()})
 
 
 # --- kind detection -------------------------------------------------------------------------------
@@ -115,33 +63,9 @@ def _is_hf_dir(path: str) -> bool:
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json"))
 
 
-# --- command line ---------------------------------------------------------------------------------
-
-def add_parser(subparsers) -> None:
-    """Register `lip-jax convert` on an argparse subparsers object."""
-    p = subparsers.add_parser(
-        "convert", help="PyTorch checkpoint <-> orbax directory, every weight kind (direction from --from)",
-        description="Convert a PyTorch weight file to an orbax directory (--from is a file) or back "
-                    "(--from is an orbax directory). Kinds: " + ", ".join(KINDS) + "; without --kind it "
-                    "is read from the checkpoint's keys.")
-    p.add_argument("--kind", choices=KINDS, help="weight kind (default: detected from --from)")
-    p.add_argument("--config", help="config file[:arg]; needed by dfvqgan (its vqgan section) and lip "
-                                    "(mps and vqgan), e.g. configs/dfvqgan_imagenet.py, configs/lip_maskcoco.py")
-    p.add_argument("--from", dest="src", required=True, help="PyTorch file (or HF CLIP directory) or orbax directory")
-    p.add_argument("--to", dest="dst", required=True, help="orbax directory (must not exist) or .pth file")
-    p.add_argument("--heads", help="lpips: the LPIPS heads file (lpips/taming vgg.pth), read with the "
-                                   "torchvision VGG16 --from, or written beside --to")
-    p.add_argument("--clip-config", help="clip (and the lip checkpoint's clip_sim): CLIP preset when the "
-                                         "head counts are not width / 64, e.g. tiny")
-    p.add_argument("--only", choices=("mps", "vqgan"),
-                   help="lip, .pth -> orbax: write only this part (mps: for train.init_ckpt; vqgan: for vqgan_ckpt)")
-    p.add_argument("--axial-naming", choices=("underscore", "dot"), default="underscore",
-                   help="lip, orbax -> .pth: axial positional embedding keys weights_0 (release) or weights.0")
-    p.set_defaults(fn=run)
-
+# --- the command ----------------------------------------------------------------------------------
 
 def run(args) -> None:
-    from lip_jax.cli import UsageError
     from lip_jax.convert.common import ConversionError
 
     src, dst = args.src, args.dst
@@ -166,7 +90,6 @@ def run(args) -> None:
 
 def _detect(src: str, to_orbax: bool, config_spec: str | None) -> str:
     """The kind from the keys; failing that, from the config's sections (mps: lip, vqgan: dfvqgan)."""
-    from lip_jax.cli import UsageError
     from lip_jax.convert import common
 
     if _is_hf_dir(src):
@@ -186,8 +109,6 @@ def _detect(src: str, to_orbax: bool, config_spec: str | None) -> str:
         keys = list(orbax_template(src))
         kind = kind_of_orbax_keys(keys)
     if kind is None and config_spec:
-        from lip_jax.cli import load_config
-
         config = load_config(config_spec)
         kind = "lip" if "mps" in config else "dfvqgan" if "vqgan" in config else None
     if kind is None:
@@ -198,8 +119,7 @@ def _detect(src: str, to_orbax: bool, config_spec: str | None) -> str:
 
 
 def _model_config(args, kind: str):
-    from lip_jax.cli import UsageError, load_config
-
+    
     if not args.config:
         raise UsageError(f"--kind {kind} needs --config (the model it belongs to)")
     config = load_config(args.config)
@@ -208,7 +128,7 @@ def _model_config(args, kind: str):
     if missing:
         raise UsageError(f"{args.config}: no {' and '.join(missing)} section for --kind {kind}")
     if kind == "lip":
-        from lip_jax.inpaint import check_models
+        from lip_jax.app.pipeline import check_models
 
         try:
             check_models(config.vqgan, config.mps)
@@ -338,9 +258,3 @@ def _save_torch(state, path: str, wrap: bool) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from lip_jax.cli import main
-
-    sys.exit(main(["convert", *sys.argv[1:]]))

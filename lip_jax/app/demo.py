@@ -18,20 +18,7 @@ import time
 
 import numpy as np
 
-from lip_jax.cli import UsageError, load_config
-
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                              "shapes_demo.py")
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="train both stages on synthetic shapes and inpaint with true and "
-                                    "counterfactual captions (CPU, minutes)")
-    p.add_argument("--workdir", default="runs/demo", help="run directory (default: runs/demo)")
-    p.add_argument("--config", default=DEFAULT_CONFIG, help="demo config file (default: configs/shapes_demo.py)")
-    p.add_argument("--images", type=int, help="held-out images to inpaint (default: from the config)")
-    p.set_defaults(fn=run)
-
+from lip_jax.app.config import UsageError, load_config
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -112,21 +99,19 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines + [line] if line else lines
 
 
-def evaluate(cfg, vq_params, mps_params, count: int) -> tuple[dict, np.ndarray]:
-    from lip_jax.eval.metrics import psnr_outside_hole, to_pixels
-    from lip_jax.inpaint import inpaint
+def evaluate(cfg, inpainter, count: int) -> tuple[dict, np.ndarray]:
+    from lip_jax.eval.metrics import psnr_outside_hole
 
     data = held_out(cfg, count)
-    x = data["image"].astype(np.float32) / 127.5 - 1.0
     s = cfg.stage2.sample
     results, report = {}, {"images": count, "top_k": s.top_k, "temperature": s.temperature,
                            "chance": {"colour": 1 / 6, "shape": 1 / 3, "colour_and_shape": 1 / 18}}
     for which in ("true", "counter"):
         t0 = time.perf_counter()
-        out = inpaint(vq_params, cfg.stage2.vqgan, mps_params, cfg.stage2.mps, x, data["mask"],
-                      data[f"{which}_text"], num_samples=1, top_k=s.top_k, temperature=s.temperature,
-                      seed=cfg.eval.seed)
-        pixels = np.asarray(to_pixels(out["best"])).astype(np.uint8)
+        # The model's whole output (no paste-back): the PSNR outside the hole measures the model.
+        out = inpainter(list(data["image"]), list(data["mask"]), data[f"{which}_text"], num_samples=1,
+                        seed=cfg.eval.seed, composite=False)
+        pixels = np.stack(out.images)
         results[which] = pixels
         name = {"true": "true_caption", "counter": "counterfactual_caption"}[which]
         report[name] = {
@@ -175,7 +160,8 @@ def report_markdown(report: dict) -> str:
 def run(args) -> None:
     from PIL import Image
 
-    from lip_jax.train.checkpoints import load_params, save_params
+    from lip_jax.app.checkpoints import load_lip
+    from lip_jax.app.pipeline import Inpainter
     from lip_jax.train.trainer import train
 
     t_start = time.perf_counter()
@@ -192,25 +178,23 @@ def run(args) -> None:
     timings = {}
 
     def stage(name, config):
-        params_dir = os.path.join(work, name, "params")
+        # `params/` is written by a run that reached its last step: a stage interrupted before
+        # then is resumed from its checkpoints, never taken as trained.
         t0 = time.perf_counter()
-        if os.path.isdir(params_dir):
-            _say(f"demo: {name} already trained ({params_dir})")
-            params = load_params(params_dir)
+        if os.path.isdir(os.path.join(work, name, "params")):
+            _say(f"demo: {name} already trained ({os.path.join(work, name, 'params')})")
         else:
             _say(f"demo: training {name} ({config.train.total_steps} steps, batch {config.data.batch_size}, "
                  f"{config.data.image_size} px)")
-            result = train(config, os.path.join(work, name))
-            params = result["state"].params
-            save_params(params_dir, params)
+            train(config, os.path.join(work, name))
         timings[f"{name}_s"] = time.perf_counter() - t0
-        return params
 
-    vq_params = stage("stage1", cfg.stage1)
-    cfg.stage2.vqgan_ckpt = os.path.join(work, "stage1", "params")
-    mps_params = stage("stage2", cfg.stage2)
+    stage("stage1", cfg.stage1)
+    cfg.stage2.vqgan_ckpt = os.path.join(work, "stage1")
+    stage("stage2", cfg.stage2)
     _say(f"demo: inpainting {cfg.eval.num_images} held-out scenes with true and counterfactual captions")
-    report, grid = evaluate(cfg, vq_params, mps_params, cfg.eval.num_images)
+    inpainter = Inpainter(load_lip(os.path.join(work, "stage2"), cfg.stage2.mps, cfg.stage2.vqgan), cfg.stage2)
+    report, grid = evaluate(cfg, inpainter, cfg.eval.num_images)
     report["train"] = timings
     report["total_s"] = time.perf_counter() - t_start
     Image.fromarray(grid).save(os.path.join(work, "demo.png"))

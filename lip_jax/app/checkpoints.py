@@ -1,0 +1,182 @@
+"""Every checkpoint this project accepts, loaded one way: orbax directories (ours, from `lip-jax
+train` or `lip-jax convert`; a training workdir stands for its `params/`) and the official PyTorch
+files. Each loader returns one shape; errors name the file.
+
+  load_lip        NUWA-LIP: {"mps", "vqgan"[, "clip": (params, ClipConfig)]}
+  load_vqgan      DF-VQGAN params (a stage-1 output, a stage-2 output's DF-VQGAN, or a .pth)
+  load_clip_any   (params, ClipConfig)
+  load_lpips_any  LPIPS params
+  load_inception_any  {"params", "batch_stats"}
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Mapping
+
+import jax
+import numpy as np
+
+from lip_jax.app.config import UsageError
+from lip_jax.train.checkpoints import CheckpointError, load_params, load_part, resolve
+
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+
+
+def orbax_template(path: str):
+    """Shapes and dtypes of a stored orbax tree, read from its metadata (no array is loaded)."""
+    import orbax.checkpoint as ocp
+
+    path = resolve(path)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    try:
+        with ocp.StandardCheckpointer() as ckpt:
+            meta = ckpt.metadata(os.path.abspath(path)).item_metadata
+    except Exception as e:  # orbax raises many types for a foreign or truncated directory
+        raise CheckpointError(f"{path}: not a readable orbax checkpoint ({type(e).__name__}: {e})") from e
+    meta = getattr(meta, "tree", meta)
+    if not isinstance(meta, Mapping):
+        raise CheckpointError(f"{path}: not an orbax parameter tree")
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), dict(meta))
+
+
+def to_local(tree):
+    """Arrays restored replicated over every process -> numpy (this process's copy)."""
+    def one(a):
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            a = a.addressable_data(0)
+        return np.asarray(a)
+    return jax.tree.map(one, tree)
+
+
+def load_orbax(path: str, template=None):
+    """An orbax tree as numpy; `template` (shapes) is checked strictly, else the stored shapes are
+    used, which also works on several processes (orbax needs a target there)."""
+    return to_local(load_params(path, orbax_template(path) if template is None else template))
+
+
+def clip_config_of(params, preset=None):
+    """ClipConfig of Flax CLIP params: `preset` if given, else OpenAI's rule (heads = width / 64)."""
+    from lip_jax.convert import clip as conv_clip
+    from lip_jax.convert import common
+    from lip_jax.models.clip import ClipConfig
+
+    if preset:
+        return ClipConfig.from_any(preset)
+    shapes = common.expected_torch_shapes(params, (), conv_clip.KEY_RULES)
+    return conv_clip.infer_config({k: jax.ShapeDtypeStruct(s, np.float32) for k, (_, s) in shapes.items()})
+
+
+@functools.lru_cache(maxsize=4)
+def _templates(mps_json: str, vq_json: str) -> tuple:
+    """Parameter shapes of both models (tracing DF-VQGAN's init costs seconds: once per process)."""
+    from lip_jax.convert import dfvqgan as conv_vq
+    from lip_jax.convert import mps2s as conv_mps
+
+    return (("mps", conv_mps.param_template(json.loads(mps_json))),
+            ("vqgan", conv_vq.param_template(json.loads(vq_json))))
+
+
+def _as_json(cfg) -> str:
+    import dataclasses
+
+    from lip_jax.models.mps2s import MPSConfig
+
+    if isinstance(cfg, MPSConfig):
+        cfg = dataclasses.asdict(cfg)
+    elif hasattr(cfg, "to_dict"):
+        cfg = cfg.to_dict()
+    return json.dumps(cfg, sort_keys=True, default=list)
+
+
+def load_lip(path: str, mps_cfg, vq_cfg) -> dict:
+    """NUWA-LIP weights -> {"mps", "vqgan"[, "clip": (params, ClipConfig)]} as numpy.
+
+    `path`: a stage-2 workdir or its `params/`, an orbax {mps, vqgan[, clip]} from `lip-jax convert`,
+    or the official `.pth` (its `clip_sim` reranker becomes "clip")."""
+    from lip_jax.convert.common import ConversionError
+
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such checkpoint file or directory")
+    if os.path.isdir(path):
+        stored = orbax_template(path)
+        if not {"mps", "vqgan"} <= set(stored):
+            raise CheckpointError(f"{path}: expected NUWA-LIP weights (a stage-2 workdir, or an orbax tree with "
+                                  f"'mps' and 'vqgan'), got {sorted(stored)}")
+        template = dict(_templates(_as_json(mps_cfg), _as_json(vq_cfg)))
+        if "clip" in stored:
+            template["clip"] = stored["clip"]
+        tree = load_orbax(path, template)
+        out = {"mps": tree["mps"], "vqgan": tree["vqgan"]}
+        if "clip" in tree:
+            out["clip"] = (tree["clip"], clip_config_of(tree["clip"]))
+        return out
+    from lip_jax.convert import common
+    from lip_jax.convert.mps2s import lip_from_torch
+
+    try:
+        tree = lip_from_torch(common.load_torch_checkpoint(path), mps_cfg, vq_cfg)
+        out = {"mps": tree["mps"], "vqgan": tree["vqgan"]}
+        clip_sim = common.subtree(tree.get("clip_sim", {}), "model")
+        if clip_sim:
+            from lip_jax.convert.clip import clip_from_openai, infer_config
+
+            cfg = infer_config(clip_sim)
+            out["clip"] = (clip_from_openai(clip_sim, cfg, what=f"{path} clip_sim"), cfg)
+    except ConversionError as e:
+        raise ConversionError(str(e) if path in str(e) else f"{path}: {e}") from e
+    return out
+
+
+def load_vqgan(path: str, vq_cfg):
+    """DF-VQGAN params from a stage-1 workdir / params, a stage-2 output (its DF-VQGAN), an orbax
+    directory from `lip-jax convert`, or the official `.pth`."""
+    from lip_jax.convert.dfvqgan import param_template
+
+    if os.path.isfile(path):
+        from lip_jax.convert import common
+        from lip_jax.convert.dfvqgan import dfvqgan_from_torch
+
+        return dfvqgan_from_torch(common.load_torch_checkpoint(path), vq_cfg, what=path)
+    return to_local(load_part(path, "vqgan", param_template(vq_cfg)))
+
+
+def load_clip_any(path: str, preset=None):
+    """(params, ClipConfig) from an OpenAI file, an HF directory or hub name, or an orbax directory."""
+    from lip_jax.convert.clip import load_clip
+    from lip_jax.convert.common import ConversionError
+
+    try:
+        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+            params = load_orbax(path)
+            return params, clip_config_of(params, preset)
+        return load_clip(path, preset)
+    except ConversionError:
+        raise
+    except ValueError as e:  # unknown preset, zero heads inferred for a tiny width
+        raise UsageError(f"{path}: {e}") from e
+
+
+def load_lpips_any(spec: str):
+    """LPIPS params: an orbax directory, one merged `.pth`, or `VGG16.pth,HEADS.pth`."""
+    from lip_jax.convert.lpips import load_lpips_params, param_template
+
+    if os.path.isdir(spec):
+        return load_orbax(spec, param_template())
+    vgg, _, heads = spec.partition(",")
+    return load_lpips_params(vgg, heads or None)
+
+
+def load_inception_any(path: str):
+    """pytorch-fid Inception: `.pth` or an orbax {params, batch_stats} directory."""
+    from lip_jax.convert.inception import load_inception_variables
+
+    if os.path.isdir(path):
+        tree = load_orbax(path)
+        if set(tree) != {"params", "batch_stats"}:
+            raise CheckpointError(f"{path}: expected an orbax tree {{params, batch_stats}}, got {sorted(tree)}")
+        return tree
+    return load_inception_variables(path)

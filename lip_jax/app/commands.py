@@ -1,0 +1,119 @@
+"""The work behind `lip-jax train`, `inpaint` and `reconstruct` (argument parsing stays in cli.py).
+
+Every input is read and checked before the work starts; outputs are written at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+
+from lip_jax.app.config import UsageError, apply_overrides, load_config
+from lip_jax.data.images import read_image, read_mask, to_uint8
+
+
+def config_of(args):
+    """The command's config file with its `--config.k=v` overrides applied."""
+    config = load_config(args.config)
+    apply_overrides(config, args.overrides)
+    return config
+
+
+def train(args) -> None:
+    config = config_of(args)
+    if args.print_config:
+        print(config)
+        return
+    if not args.workdir:
+        raise UsageError("train needs --workdir DIR")
+    if "stage" not in config or "train" not in config:
+        raise UsageError(f"{args.config}: not a training config (needs `stage` and `train`; "
+                         f"configs/shapes_demo.py takes :stage1 or :stage2)")
+    from lip_jax.train.trainer import train as run_training
+
+    result = run_training(config, args.workdir)
+    print(f"trained to step {result['step']}; inference weights in {os.path.join(args.workdir, 'params')}")
+
+
+def inpaint(args) -> None:
+    from PIL import Image
+
+    from lip_jax.app.pipeline import Inpainter
+
+    def say(msg):
+        print(f"lip-jax inpaint: {msg}", file=sys.stderr, flush=True)
+
+    config = config_of(args)
+    image = read_image(args.image)
+    t0 = time.perf_counter()
+    inpainter = Inpainter.load(args.ckpt, config, clip=args.clip, clip_config=args.clip_config)
+    say(f"loaded weights ({time.perf_counter() - t0:.1f} s); reranking: "
+        + ("off" if inpainter.clip is None else "CLIP" + (f" from {args.clip}" if args.clip else
+                                                          " from the checkpoint's clip_sim")))
+    if not args.text.strip():
+        say("note: empty --text: unconditional on text")
+    out = inpainter(image, args.mask, args.text, num_samples=args.num_samples, top_k=args.top_k,
+                    temperature=args.temperature, seed=args.seed, composite=args.composite,
+                    invert_mask=args.invert_mask, log=say)
+    window = out.windows[0]
+    say(f"inpainted a {window.side}x{window.side} window at ({window.left}, {window.top}) of the "
+        f"{image.shape[1]}x{image.shape[0]} image" + (", pasted back into the hole" if args.composite else ""))
+    Image.fromarray(out.images[0]).save(args.out)
+    written = [args.out]
+    if args.grid:
+        hole = read_mask(args.mask) != args.invert_mask
+        tiles = [np.where(hole[..., None], 0, image).astype(np.uint8),
+                 np.repeat((hole * 255).astype(np.uint8)[..., None], 3, axis=-1), *out.candidates[0]]
+        Image.fromarray(_row(tiles)).save(args.grid)
+        written.append(args.grid)
+    if out.scores is not None:
+        say(f"best CLIP score {out.scores[0, 0]:.2f}")
+    print("wrote " + " and ".join(written))
+
+
+def reconstruct(args) -> None:
+    from PIL import Image
+
+    from lip_jax.app.checkpoints import load_vqgan
+    from lip_jax.app.pipeline import reconstruct as run_reconstruct
+
+    cfg = config_of(args).vqgan
+    image = read_image(args.image)
+    mask = read_mask(args.mask)
+    if mask.shape != image.shape[:2]:
+        raise UsageError(f"{args.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                         f"{image.shape[1]}x{image.shape[0]}")
+    if not mask.any():
+        raise UsageError(f"{args.mask}: mask has no defective (non-zero) pixel")
+    image, mask = to_model_size(image, mask, cfg.resolution, args.image)
+    params = load_vqgan(args.ckpt, cfg)
+    out = run_reconstruct(params, cfg, image, mask)
+    Image.fromarray(to_uint8(out)).save(args.out)
+    if args.npy:
+        np.save(args.npy, out[None].astype(np.float32))
+    print(f"wrote {args.out}" + (f" and {args.npy}" if args.npy else ""))
+
+
+def to_model_size(image: np.ndarray, mask: np.ndarray, size: int, what: str):
+    """Resize image (bicubic) and mask (nearest) to the model resolution, with a note."""
+    from PIL import Image
+
+    if image.shape[:2] == (size, size):
+        return image, mask
+    print(f"note: {what}: resizing {image.shape[1]}x{image.shape[0]} to the model resolution {size}x{size}",
+          file=sys.stderr)
+    image = np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
+    mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 0
+    if not mask.any():
+        raise UsageError(f"{what}: the hole vanishes when the mask is resized to {size}x{size}")
+    return image, mask
+
+
+def _row(tiles: list[np.ndarray], gap: int = 2) -> np.ndarray:
+    h = tiles[0].shape[0]
+    sep = np.full((h, gap, 3), 255, np.uint8)
+    parts = [p for t in tiles for p in (t, sep)][:-1]
+    return np.concatenate(parts, axis=1)

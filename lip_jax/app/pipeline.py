@@ -1,0 +1,276 @@
+"""Language-guided inpainting with NUWA-LIP: `Inpainter` (load once, call on photos of any size),
+the model-resolution core `inpaint`, and `reconstruct` (DF-VQGAN alone).
+
+    from lip_jax.app.pipeline import Inpainter
+    inpainter = Inpainter.load("runs/stage2", "configs/mps_coco.py")
+    out = inpainter("photo.jpg", "hole.png", "a red car")   # out.images[0]: uint8, the photo's size
+
+A photo is inpainted in a window of the model's resolution around its hole (lip_jax.app.photo), and
+only the hole is pasted back (`composite`), so the rest of the photo is returned bit for bit.
+
+Core (`inpaint`), as the official evaluation, as the official evaluation (config/mps4coco/base.py `Net.forward`, eval branch):
+  1. the defective image (hole set to 0) goes through DF-VQGAN's defect-free encoder: known tokens
+     and the skip features of the masked image; the latent hole mask is the encoder's last skip mask;
+  2. MP-S2S samples the hole tokens (holes start at token 0), K candidates per image, with the
+     KV-cached sampler (one compiled program);
+  3. every candidate is decoded with the masked image's skip features (one compiled program);
+  4. with CLIP, candidates are reranked by text-image cosine (best first); without, kept in order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lip_jax.app import photo
+from lip_jax.app.config import UsageError
+from lip_jax.data.images import read_image, read_mask, to_uint8, to_unit
+from lip_jax.models import dfvqgan
+from lip_jax.models.mps2s import MPSConfig
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _encode(params, x, mask, *, model):
+    enc = model.apply({"params": params}, x, mask, method=dfvqgan.DFVQGAN.encode)
+    return enc["indices"], enc["skips"], enc["skip_masks"]
+
+
+@functools.partial(jax.jit, static_argnames=("model", "k"))
+def _decode(params, tokens, skips, skip_masks, *, model, k):
+    """Decode [B * k, h, w] tokens, candidate rows sharing their image's skip features."""
+    rep = lambda t: jnp.repeat(t, k, axis=0)  # noqa: E731  image-major rows, as sample_tokens
+    return model.apply({"params": params}, tokens, [rep(s) for s in skips], [rep(m) for m in skip_masks],
+                       method=dfvqgan.DFVQGAN.decode_indices)
+
+
+def check_models(vq_cfg, mps_cfg) -> tuple[dfvqgan.DFVQGAN, MPSConfig]:
+    """The DF-VQGAN and MP-S2S configs must agree on resolution, token grid and codebook size."""
+    model, mps_cfg = dfvqgan.from_config(vq_cfg), MPSConfig.from_any(mps_cfg)
+    factor = 2 ** (len(model.ch_mult) - 1)
+    if model.resolution != mps_cfg.img_size:
+        raise ValueError(f"DF-VQGAN resolution {model.resolution} != MP-S2S img_size {mps_cfg.img_size}")
+    if (model.resolution // factor,) * 2 != mps_cfg.grid:
+        raise ValueError(f"DF-VQGAN token grid {model.resolution // factor} != MP-S2S grid {mps_cfg.grid}")
+    if model.n_e != mps_cfg.vqvae_vocab_size:
+        raise ValueError(f"DF-VQGAN codebook {model.n_e} != MP-S2S vqvae_vocab_size {mps_cfg.vqvae_vocab_size}")
+    return model, mps_cfg
+
+
+def _texts(text, b: int) -> list[str]:
+    texts = [text] * b if isinstance(text, str) else list(text)
+    if len(texts) != b or not all(isinstance(t, str) for t in texts):
+        raise ValueError(f"text must be a string or {b} strings, got {text!r}")
+    return texts
+
+
+def inpaint(vq_params, vq_cfg, mps_params, mps_cfg, image, mask, text: str | Sequence[str], *,
+            num_samples: int = 2, top_k: int = 128, temperature: float = 1.0, seed: int = 0,
+            clip: tuple | None = None, clip_resize: str = "bicubic",
+            log: Callable[[str], None] | None = None) -> dict:
+    """Fill the hole of `image` following `text`.
+
+    image [B, H, W, 3] (or [H, W, 3]) in [-1, 1] at the model resolution; mask [B, H, W] bool,
+    True = hole (every image needs one; an all-hole mask generates from the text alone); text: one
+    string for all images or B strings ("" = unconditional on text). clip: (params, ClipConfig or
+    preset) to rerank candidates by CLIP score, else candidates keep their sampling order.
+    Returns numpy: best [B, H, W, 3], candidates [B, K, H, W, 3] (best first), scores [B, K]
+    (CLIP score x100, or None), order [B, K] (sampling index of each returned candidate),
+    tokens [B, K, h*w], token_mask [B, h*w].
+    """
+    log = log or (lambda msg: None)
+    model, mps_cfg = check_models(vq_cfg, mps_cfg)
+    image, mask = np.asarray(image, np.float32), np.asarray(mask)
+    if image.ndim == 3:
+        image, mask = image[None], mask[None]
+    b, r = image.shape[0], mps_cfg.img_size
+    if image.shape != (b, r, r, 3):
+        raise ValueError(f"image must be [B, {r}, {r}, 3] at the model resolution, got {image.shape}")
+    if mask.shape != image.shape[:3] or mask.dtype != bool:
+        raise ValueError(f"mask must be bool {image.shape[:3]}, got {mask.dtype} {mask.shape}")
+    if not mask.reshape(b, -1).any(axis=1).all():
+        raise ValueError("every mask needs a hole (True pixels)")
+    texts = _texts(text, b)
+    k = int(num_samples)
+
+    from lip_jax.models.tokenizer import get_tokenizer
+    from lip_jax.sample import sample_tokens
+
+    t0 = time.perf_counter()
+    x = np.where(mask[..., None], 0.0, image).astype(np.float32)  # official: hole pixels are 0
+    indices, skips, skip_masks = _encode(vq_params, jnp.asarray(x), jnp.asarray(mask), model=model)
+    token_mask = skip_masks[-1].reshape(b, -1)
+    holes = np.asarray(token_mask.sum(axis=1))
+    log(f"encode: {b} image(s), {holes.tolist()} of {mps_cfg.num_tokens} tokens to fill "
+        f"({time.perf_counter() - t0:.1f} s)")
+
+    t0 = time.perf_counter()
+    text_ids = get_tokenizer(mps_cfg.tokenizer, mps_cfg.text_len)(texts)
+    tokens = sample_tokens(mps_params, mps_cfg, tokens=indices.reshape(b, -1), token_mask=token_mask,
+                           image=x, text_ids=text_ids, rng=jax.random.PRNGKey(seed), num_samples=k,
+                           top_k=top_k, temperature=temperature)
+    tokens = jax.block_until_ready(tokens)
+    log(f"sample: {b * k} candidate(s), top_k {top_k}, temperature {temperature} "
+        f"({time.perf_counter() - t0:.1f} s, compilation included)")
+
+    t0 = time.perf_counter()
+    h, w = mps_cfg.grid
+    images = _decode(vq_params, tokens.reshape(b * k, h, w), skips, skip_masks, model=model, k=k)
+    candidates = np.asarray(images).reshape(b, k, r, r, 3)
+    log(f"decode: {b * k} candidate(s) ({time.perf_counter() - t0:.1f} s)")
+
+    tokens = np.asarray(tokens).reshape(b, k, -1)
+    order, scores = np.broadcast_to(np.arange(k), (b, k)), None
+    if clip is not None:
+        from lip_jax.eval.clip_score import clip_score
+
+        t0 = time.perf_counter()
+        clip_params, clip_cfg = clip
+        flat = clip_score(clip_params, clip_cfg, candidates.reshape(b * k, r, r, 3),
+                          [t for t in texts for _ in range(k)], resize=clip_resize).reshape(b, k)
+        order = np.argsort(-flat, axis=1, kind="stable")
+        scores = np.take_along_axis(flat, order, axis=1)
+        log(f"rerank: CLIP scores {np.round(scores, 2).tolist()} ({time.perf_counter() - t0:.1f} s)")
+    take = lambda a: np.take_along_axis(a, order.reshape(order.shape + (1,) * (a.ndim - 2)), axis=1)  # noqa: E731
+    candidates, tokens = take(candidates), take(tokens)
+    return dict(best=candidates[:, 0], candidates=candidates, scores=scores, order=np.array(order),
+                tokens=tokens, token_mask=np.asarray(token_mask))
+
+
+# --- photos of any size ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class InpaintOutput:
+    """Per input, at the input's own size: `images` the best candidate (uint8 [H, W, 3]),
+    `candidates` every candidate best first (uint8 [K, H, W, 3]); `scores` [B, K] CLIP score x100
+    (None without a reranker); `windows` where each photo was cut for the model."""
+
+    images: list
+    candidates: list
+    scores: np.ndarray | None
+    windows: list
+
+
+class Inpainter:
+    """NUWA-LIP loaded once; call it on images (paths, PIL images or uint8 arrays) and masks."""
+
+    def __init__(self, weights: dict, config):
+        self.config = config
+        self.model, self.mps_cfg = check_models(config.vqgan, config.mps)
+        put = jax.device_put  # once, not at every call
+        self.vq, self.mps = put(weights["vqgan"]), put(weights["mps"])
+        self.clip = (put(weights["clip"][0]), weights["clip"][1]) if weights.get("clip") else None
+        sample = config.sample.to_dict() if "sample" in config else {}
+        self.defaults = dict(num_samples=int(sample.get("num_samples", 2)), top_k=int(sample.get("top_k", 128)),
+                             temperature=float(sample.get("temperature", 1.0)))
+
+    @classmethod
+    def load(cls, ckpt: str, config, *, clip: str | None = None, clip_config: str | None = None) -> "Inpainter":
+        """`ckpt`: a stage-2 workdir (or its params/), an orbax {mps, vqgan} or the official .pth;
+        `config`: a ConfigDict or a config file spec with `mps` and `vqgan` sections; `clip`: a
+        reranker (default: the checkpoint's clip_sim, if it has one)."""
+        from lip_jax.app.checkpoints import load_clip_any, load_lip
+        from lip_jax.app.config import load_config
+
+        if isinstance(config, str):
+            spec, config = config, load_config(config)
+        else:
+            spec = "config"
+        if "mps" not in config or "vqgan" not in config:
+            raise UsageError(f"{spec}: needs `mps` and `vqgan` sections (e.g. configs/mps_coco.py)")
+        try:
+            check_models(config.vqgan, config.mps)
+        except ValueError as e:
+            raise UsageError(f"{spec}: {e}") from e
+        weights = load_lip(ckpt, config.mps, config.vqgan)
+        if clip:
+            weights["clip"] = load_clip_any(clip, clip_config)
+        return cls(weights, config)
+
+    def __call__(self, image, mask, text: str | Sequence[str], *, num_samples: int | None = None,
+                 top_k: int | None = None, temperature: float | None = None, seed: int = 0,
+                 composite: bool = True, invert_mask: bool = False, context: float = 1.5,
+                 log: Callable[[str], None] | None = None) -> InpaintOutput:
+        """Fill each image's hole (mask True / non-zero = hole; `invert_mask`: the mask marks what
+        to keep). One image or a list; text: one string for all or one per image. Sampling
+        settings default to the config's `sample` section."""
+        images, masks = _as_list(image), _as_list(mask)
+        if len(images) != len(masks):
+            raise UsageError(f"{len(images)} images but {len(masks)} masks")
+        photos = [_read_photo(im) for im in images]
+        holes = [_read_hole(m, p.shape[:2], invert_mask) for m, p in zip(masks, photos)]
+        k = self.defaults["num_samples"] if num_samples is None else int(num_samples)
+        top_k = self.defaults["top_k"] if top_k is None else int(top_k)
+        temperature = self.defaults["temperature"] if temperature is None else float(temperature)
+        if k < 1 or top_k < 1 or not temperature > 0:
+            raise UsageError(f"need num_samples >= 1, top_k >= 1, temperature > 0 (got {k}, {top_k}, {temperature})")
+        if log and any(h.all() for h in holes):
+            log("note: a mask covers its whole image: generating from the text alone")
+        size = self.mps_cfg.img_size
+        cuts = [photo.to_model(p, h, size, context) for p, h in zip(photos, holes)]
+        out = inpaint(self.vq, self.config.vqgan, self.mps, self.mps_cfg, to_unit(np.stack([c[0] for c in cuts])),
+                      np.stack([c[1] for c in cuts]), text, num_samples=k, top_k=top_k, temperature=temperature,
+                      seed=seed, clip=self.clip, log=log)
+        candidates = [np.stack([photo.paste(p, to_uint8(c), cut[2], h, composite=composite) for c in cands])
+                      for p, h, cut, cands in zip(photos, holes, cuts, out["candidates"])]
+        return InpaintOutput(images=[c[0] for c in candidates], candidates=candidates, scores=out["scores"],
+                             windows=[c[2] for c in cuts])
+
+
+def _as_list(x) -> list:
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    if isinstance(x, np.ndarray) and x.ndim == 4:  # a batch of images
+        return list(x)
+    return [x]
+
+
+def _read_photo(image) -> np.ndarray:
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    if hasattr(image, "convert"):  # a PIL image
+        return np.asarray(image.convert("RGB"))
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise UsageError(f"an image array must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+    return image
+
+
+def _read_hole(mask, shape: tuple[int, int], invert: bool) -> np.ndarray:
+    name = mask if isinstance(mask, (str, os.PathLike)) else "mask"
+    if isinstance(mask, (str, os.PathLike)):
+        mask = read_mask(mask)
+    elif hasattr(mask, "convert"):
+        mask = np.asarray(mask.convert("RGB")).any(axis=-1)
+    else:
+        mask = np.asarray(mask)
+        mask = mask.any(axis=-1) if mask.ndim == 3 else mask.astype(bool)
+    if invert:
+        mask = ~mask
+    if mask.shape != tuple(shape):
+        raise UsageError(f"{name}: mask is {mask.shape[1]}x{mask.shape[0]} but the image is {shape[1]}x{shape[0]}")
+    if not mask.any():
+        raise UsageError(f"{name}: mask has no hole" + (" (after --invert-mask)" if invert else " (non-zero pixels)"))
+    return mask
+
+
+# --- DF-VQGAN alone -------------------------------------------------------------------------------
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _reconstruct(params, x, mask, *, model):
+    enc = model.apply({"params": params}, x, mask, method=dfvqgan.DFVQGAN.encode)
+    return model.apply({"params": params}, enc["quant"], enc["skips"], enc["skip_masks"],
+                       method=dfvqgan.DFVQGAN.decode)
+
+
+def reconstruct(params, vq_cfg, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Encode the defective image (hole unknown) and decode it with its skips: float [H, W, 3] in
+    [-1, 1] at the model resolution (image uint8 and mask bool at that size)."""
+    x = np.where(mask[..., None], 0.0, to_unit(image))[None]
+    out = _reconstruct(params, jnp.asarray(x), jnp.asarray(mask[None]), model=dfvqgan.from_config(vq_cfg))
+    return np.asarray(out[0])
