@@ -41,13 +41,15 @@ def train(args) -> None:
 def inpaint(args) -> None:
     from PIL import Image
 
-    from lip_jax.app.pipeline import Inpainter
+    from lip_jax.app.pipeline import Inpainter, check_config, read_inputs, sampling
 
     def say(msg):
         print(f"lip-jax inpaint: {msg}", file=sys.stderr, flush=True)
 
-    config = config_of(args)
-    image = read_image(args.image)
+    config = config_of(args)  # every input is checked before the weights are read
+    check_config(config, args.config)
+    (image,), (hole,) = read_inputs(args.image, args.mask, args.invert_mask)
+    sampling(config, args.num_samples, args.top_k, args.temperature)
     t0 = time.perf_counter()
     inpainter = Inpainter.load(args.ckpt, config, clip=args.clip, clip_config=args.clip_config)
     say(f"loaded weights ({time.perf_counter() - t0:.1f} s); reranking: "
@@ -55,16 +57,14 @@ def inpaint(args) -> None:
                                                           " from the checkpoint's clip_sim")))
     if not args.text.strip():
         say("note: empty --text: unconditional on text")
-    out = inpainter(image, args.mask, args.text, num_samples=args.num_samples, top_k=args.top_k,
-                    temperature=args.temperature, seed=args.seed, composite=args.composite,
-                    invert_mask=args.invert_mask, log=say)
+    out = inpainter(image, hole, args.text, num_samples=args.num_samples, top_k=args.top_k,
+                    temperature=args.temperature, seed=args.seed, composite=args.composite, log=say)
     window = out.windows[0]
     say(f"inpainted a {window.side}x{window.side} window at ({window.left}, {window.top}) of the "
         f"{image.shape[1]}x{image.shape[0]} image" + (", pasted back into the hole" if args.composite else ""))
     Image.fromarray(out.images[0]).save(args.out)
     written = [args.out]
     if args.grid:
-        hole = read_mask(args.mask) != args.invert_mask
         tiles = [np.where(hole[..., None], 0, image).astype(np.uint8),
                  np.repeat((hole * 255).astype(np.uint8)[..., None], 3, axis=-1), *out.candidates[0]]
         Image.fromarray(_row(tiles)).save(args.grid)

@@ -165,9 +165,6 @@ class Inpainter:
         put = jax.device_put  # once, not at every call
         self.vq, self.mps = put(weights["vqgan"]), put(weights["mps"])
         self.clip = (put(weights["clip"][0]), weights["clip"][1]) if weights.get("clip") else None
-        sample = config.sample.to_dict() if "sample" in config else {}
-        self.defaults = dict(num_samples=int(sample.get("num_samples", 2)), top_k=int(sample.get("top_k", 128)),
-                             temperature=float(sample.get("temperature", 1.0)))
 
     @classmethod
     def load(cls, ckpt: str, config, *, clip: str | None = None, clip_config: str | None = None) -> "Inpainter":
@@ -181,12 +178,7 @@ class Inpainter:
             spec, config = config, load_config(config)
         else:
             spec = "config"
-        if "mps" not in config or "vqgan" not in config:
-            raise UsageError(f"{spec}: needs `mps` and `vqgan` sections (e.g. configs/mps_coco.py)")
-        try:
-            check_models(config.vqgan, config.mps)
-        except ValueError as e:
-            raise UsageError(f"{spec}: {e}") from e
+        check_config(config, spec)
         weights = load_lip(ckpt, config.mps, config.vqgan)
         if clip:
             weights["clip"] = load_clip_any(clip, clip_config)
@@ -199,16 +191,8 @@ class Inpainter:
         """Fill each image's hole (mask True / non-zero = hole; `invert_mask`: the mask marks what
         to keep). One image or a list; text: one string for all or one per image. Sampling
         settings default to the config's `sample` section."""
-        images, masks = _as_list(image), _as_list(mask)
-        if len(images) != len(masks):
-            raise UsageError(f"{len(images)} images but {len(masks)} masks")
-        photos = [_read_photo(im) for im in images]
-        holes = [_read_hole(m, p.shape[:2], invert_mask) for m, p in zip(masks, photos)]
-        k = self.defaults["num_samples"] if num_samples is None else int(num_samples)
-        top_k = self.defaults["top_k"] if top_k is None else int(top_k)
-        temperature = self.defaults["temperature"] if temperature is None else float(temperature)
-        if k < 1 or top_k < 1 or not temperature > 0:
-            raise UsageError(f"need num_samples >= 1, top_k >= 1, temperature > 0 (got {k}, {top_k}, {temperature})")
+        photos, holes = read_inputs(image, mask, invert_mask)
+        k, top_k, temperature = sampling(self.config, num_samples, top_k, temperature)
         if log and any(h.all() for h in holes):
             log("note: a mask covers its whole image: generating from the text alone")
         size = self.mps_cfg.img_size
@@ -220,6 +204,36 @@ class Inpainter:
                       for p, h, cut, cands in zip(photos, holes, cuts, out["candidates"])]
         return InpaintOutput(images=[c[0] for c in candidates], candidates=candidates, scores=out["scores"],
                              windows=[c[2] for c in cuts])
+
+
+def check_config(config, spec: str) -> None:
+    """The config has both models, and they fit each other (a one-line UsageError if not)."""
+    if "mps" not in config or "vqgan" not in config:
+        raise UsageError(f"{spec}: needs `mps` and `vqgan` sections (e.g. configs/mps_coco.py)")
+    try:
+        check_models(config.vqgan, config.mps)
+    except ValueError as e:
+        raise UsageError(f"{spec}: {e}") from e
+
+
+def read_inputs(image, mask, invert_mask: bool = False) -> tuple[list, list]:
+    """Images and masks (one or a list each) -> uint8 photos and bool holes, checked pairwise."""
+    images, masks = _as_list(image), _as_list(mask)
+    if len(images) != len(masks):
+        raise UsageError(f"{len(images)} images but {len(masks)} masks")
+    photos = [_read_photo(im) for im in images]
+    return photos, [_read_hole(m, p.shape[:2], invert_mask) for m, p in zip(masks, photos)]
+
+
+def sampling(config, num_samples=None, top_k=None, temperature=None) -> tuple[int, int, float]:
+    """(num_samples, top_k, temperature): the given values, else the config's `sample` section."""
+    sample = config.sample.to_dict() if "sample" in config else {}
+    k = int(sample.get("num_samples", 2) if num_samples is None else num_samples)
+    top_k = int(sample.get("top_k", 128) if top_k is None else top_k)
+    temperature = float(sample.get("temperature", 1.0) if temperature is None else temperature)
+    if k < 1 or top_k < 1 or not temperature > 0:
+        raise UsageError(f"need num_samples >= 1, top_k >= 1, temperature > 0 (got {k}, {top_k}, {temperature})")
+    return k, top_k, temperature
 
 
 def _as_list(x) -> list:
