@@ -1,6 +1,7 @@
 import json
 import os
 
+import ftfy
 import numpy as np
 import pytest
 
@@ -36,9 +37,16 @@ def test_fixture_exercises_layout_and_cleanup(clip_tok, reference):
     long_rows = [i for i, c in enumerate(reference["captions"]) if len(clip_tok.encode(c)) > 75]
     assert long_rows and all(ref[i, -1] == clip_tok.eot_id for i in long_rows)
     assert ref[reference["captions"].index("a"), 3:].sum() == 0
-    # the ftfy-equivalent fixes matter for some fixture captions (curly quotes, ligatures, width)
-    changed = [c for c in reference["captions"] if tk.fix_text(c) != c]
+    # ftfy's fixes matter for some fixture captions (curly quotes, ligatures, width)
+    changed = [c for c in reference["captions"] if ftfy.fix_text(c) != c]
     assert len(changed) >= 4
+
+
+def test_mojibake_is_repaired_as_clip_does(clip_tok):
+    # UTF-8 read as cp1252 (and HTML-escaped on top): ftfy repairs it before BPE, as CLIP does.
+    assert tk.clean_caption("Caf\u00c3\u00a9 &amp;amp;  Cr\u00c3\u00a8me") == "caf\u00e9 & cr\u00e8me"
+    np.testing.assert_array_equal(clip_tok("cafÃ©"), clip_tok("café"))
+    assert clip_tok.encode("cafÃ©") != clip_tok.encode("cafe")
 
 
 def test_truncate_false_raises_and_decode_round_trip(clip_tok):

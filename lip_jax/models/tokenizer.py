@@ -1,11 +1,9 @@
 """Text tokenizers producing CLIP-style id arrays: [SOT] ids [EOT] 0 0 ... (int32, context 77).
 
 * `ClipTokenizer`: CLIP's byte-level BPE (vocabulary 49408) read from the bundled, MIT-licensed
-  `assets/bpe_simple_vocab_16e6.txt.gz`. Same ids as OpenAI's `clip.tokenize(text, truncate=True)`;
-  the text clean-up that CLIP delegates to `ftfy.fix_text` is reimplemented for its default
-  character-level fixes (ligatures, full/half width, curly quotes, control characters, terminal
-  escapes, C1 controls, NFC). ftfy's mojibake repair (e.g. "cafÃ©" -> "café") is not reproduced:
-  such text is tokenized as written.
+  `assets/bpe_simple_vocab_16e6.txt.gz`. Same ids as OpenAI's `clip.tokenize(text, truncate=True)`,
+  including its clean-up: `ftfy.fix_text` (mojibake repair such as "cafÃ©" -> "café" included),
+  HTML unescaping twice, whitespace collapsed, lower case.
 * `HFTokenizer`: any Hugging Face tokenizer (directory or hub name) through `transformers`, laid out
   the same way.
 * `ByteTokenizer`: UTF-8 bytes (vocabulary 259) for tiny test/demo configurations.
@@ -19,9 +17,9 @@ import functools
 import gzip
 import html
 import os
-import unicodedata
 from typing import Sequence
 
+import ftfy
 import numpy as np
 import regex
 
@@ -39,60 +37,10 @@ _PIECES = regex.compile(
     regex.IGNORECASE)
 _SPACES = regex.compile(r"\s+")
 
-# --- ftfy-equivalent character fixes (ftfy.fix_text defaults, minus mojibake repair) -------------
-_LIGATURES = {
-    "Ĳ": "IJ", "ĳ": "ij", "ŉ": "ʼn", "Ǳ": "DZ", "ǲ": "Dz", "ǳ": "dz", "Ǆ": "DŽ", "ǅ": "Dž", "ǆ": "dž",
-    "Ǉ": "LJ", "ǈ": "Lj", "ǉ": "lj", "Ǌ": "NJ", "ǋ": "Nj", "ǌ": "nj", "ﬀ": "ff", "ﬁ": "fi", "ﬂ": "fl",
-    "ﬃ": "ffi", "ﬄ": "ffl", "ﬅ": "ſt", "ﬆ": "st",
-}
-
-
-def _char_fix_table() -> dict[int, str | None]:
-    table: dict[int, str | None] = {ord(k): v for k, v in _LIGATURES.items()}
-    table[0x3000] = " "  # ideographic space
-    for cp in range(0xFF01, 0xFFF0):  # full/half-width forms -> standard width
-        alt = unicodedata.normalize("NFKC", chr(cp))
-        if alt != chr(cp):
-            table[cp] = alt
-    for cp in [0x02BC, *range(0x2018, 0x201C)]:
-        table[cp] = "'"
-    for cp in range(0x201C, 0x2020):
-        table[cp] = '"'
-    return table
-
-
-_CHAR_FIXES = _char_fix_table()
-_CONTROL = {cp: None for cp in [*range(0x00, 0x09), 0x0B, *range(0x0E, 0x20), 0x7F,
-                                *range(0x206A, 0x2070), 0xFEFF, *range(0xFFF9, 0xFFFD)]}
-_C1 = regex.compile("[\x80-\x9f]")
-_TERMINAL_ESCAPE = regex.compile("\x1b\\[((?:\\d|;)*)([a-zA-Z])")
-_LINE_BREAKS = regex.compile("\r\n|\r|\u2028|\u2029|\u0085")
-
-
-def _c1_to_cp1252(m: regex.Match) -> str:
-    try:
-        return bytes([ord(m.group(0))]).decode("cp1252")
-    except UnicodeDecodeError:  # 0x81, 0x8d, 0x8f, 0x90, 0x9d are unassigned in cp1252
-        return m.group(0)
-
-
-def fix_text(text: str) -> str:
-    """Character-level clean-up equivalent to ftfy.fix_text's defaults, without mojibake repair."""
-    for _ in range(4):  # ftfy iterates its fixes to a fixed point
-        before = text
-        text = _C1.sub(_c1_to_cp1252, text)
-        text = text.translate(_CHAR_FIXES)
-        text = _LINE_BREAKS.sub("\n", text)
-        text = _TERMINAL_ESCAPE.sub("", text)
-        text = text.translate(_CONTROL)
-        text = unicodedata.normalize("NFC", text)
-        if text == before:
-            break
-    return text
-
 
 def clean_caption(text: str) -> str:
-    text = html.unescape(html.unescape(fix_text(text))).strip()
+    # The order of OpenAI's simple_tokenizer: basic_clean, whitespace_clean, lower.
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return _SPACES.sub(" ", text).strip().lower()
 
 
