@@ -143,7 +143,7 @@ def _sample(config, mesh, per_device, num_samples):
     from lip_jax import sharding
 
     mcfg = mps2s.MPSConfig.from_any(config.mps)
-    boxed = jax.eval_shape(lambda r: mps2s._init_boxed(mcfg, r, 1), jax.random.key(0))
+    boxed = jax.eval_shape(lambda r: mps2s.init_boxed(mcfg, r), jax.random.key(0))
     params_sh, _ = sharding.param_shardings(boxed, mesh)
     import flax.linen as nn
     params = nn.unbox(boxed)

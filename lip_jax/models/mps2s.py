@@ -576,12 +576,19 @@ class MPS2S(nn.Module):
         return self.logits_head(h), caches
 
 
-def hole_loss(logits, tokens, token_mask):
-    """Mean cross-entropy over hole tokens of the whole batch (ignore_index semantics)."""
+def hole_nll(logits, tokens, token_mask):
+    """(summed cross-entropy over hole tokens, number of hole tokens): sums, so that gradient
+    accumulation can combine microbatches into the batch mean over hole tokens exactly."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     nll = -jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
     m = token_mask.astype(jnp.float32)
-    return jnp.sum(nll * m) / jnp.maximum(jnp.sum(m), 1.0)
+    return jnp.sum(nll * m), jnp.sum(m)
+
+
+def hole_loss(logits, tokens, token_mask):
+    """Mean cross-entropy over hole tokens of the whole batch (ignore_index semantics)."""
+    total, holes = hole_nll(logits, tokens, token_mask)
+    return total / jnp.maximum(holes, 1.0)
 
 
 def check_inputs(cfg: MPSConfig, tokens, token_mask, image, text_ids):
@@ -610,17 +617,19 @@ def check_inputs(cfg: MPSConfig, tokens, token_mask, image, text_ids):
 def init_params(cfg, rng, batch: int = 1):
     """Unboxed float32 parameters of MPS2S(cfg) (use `logical_axes` for the partitioning names)."""
     cfg = MPSConfig.from_any(cfg)
-    return jax.jit(lambda r: nn.meta.unbox(_init_boxed(cfg, r, batch)))(rng)
+    return jax.jit(lambda r: nn.meta.unbox(init_boxed(cfg, r, batch)))(rng)
 
 
 def logical_axes(cfg) -> Any:
     """Tree of logical axis-name tuples matching init_params(cfg)."""
     cfg = MPSConfig.from_any(cfg)
-    boxed = jax.eval_shape(lambda r: _init_boxed(cfg, r, 1), jax.random.PRNGKey(0))
+    boxed = jax.eval_shape(lambda r: init_boxed(cfg, r, 1), jax.random.PRNGKey(0))
     return nn.get_partition_spec(boxed)
 
 
-def _init_boxed(cfg: MPSConfig, rng, batch: int):
+def init_boxed(cfg, rng, batch: int = 1):
+    """Parameters of MPS2S(cfg) boxed with their logical axis names."""
+    cfg = MPSConfig.from_any(cfg)
     n = cfg.num_tokens
     dummy = (jnp.zeros((batch, n), jnp.int32), jnp.zeros((batch, n), bool),
              jnp.zeros((batch, cfg.img_size, cfg.img_size, 3), jnp.float32),

@@ -45,11 +45,7 @@ def mps_config(cfg) -> mps2s.MPSConfig:
 
 def init_boxed(cfg, rng: jax.Array, codebook=None):
     """Boxed parameters; `vae_emb` starts from the DF-VQGAN codebook when given (official)."""
-    mcfg = mps_config(cfg)
-    n = mcfg.num_tokens
-    dummy = (jnp.zeros((1, n), jnp.int32), jnp.zeros((1, n), bool),
-             jnp.zeros((1, mcfg.img_size, mcfg.img_size, 3)), jnp.zeros((1, mcfg.text_len), jnp.int32))
-    params = mps2s.MPS2S(mcfg).init(rng, *dummy)["params"]
+    params = mps2s.init_boxed(mps_config(cfg), rng)
     if codebook is not None:
         box = params["vae_emb"]["embedding"]
         if tuple(box.value.shape) != tuple(codebook.shape):
@@ -85,12 +81,10 @@ def make_train_step(cfg):
         tokens, token_mask = targets(vq_model, vq_params, mb["image"], mb["mask"])
         logits = model.apply({"params": params}, tokens, token_mask, mb["masked_image"], mb["text_ids"],
                              deterministic=False, rngs={"dropout": rng})
-        hole = token_mask.astype(jnp.float32)
-        logp = jax.nn.log_softmax(logits, axis=-1)
-        nll = -jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+        total, holes = mps2s.hole_nll(logits, tokens, token_mask)
         correct = (jnp.argmax(logits, -1) == tokens).astype(jnp.float32)
         # Sums, so microbatches combine into the official batch mean over hole tokens.
-        return jnp.sum(nll * hole), (jnp.sum(hole), jnp.sum(correct * hole))
+        return total, (holes, jnp.sum(correct * token_mask.astype(jnp.float32)))
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
