@@ -64,13 +64,35 @@ def test_openai_state_dict_parity_and_bit_exact_round_trip(ref, tmp_path):
     fresh.load_state_dict({k: torch.from_numpy(v) for k, v in back.items()}, strict=True)
 
 
-def test_torchscript_archive_like_openai_release(ref, tmp_path):
-    path = str(tmp_path / "ViT-tiny.pt")
+def _save_torchscript(module, path, how):
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.script(ref).save(path)
+        warnings.simplefilter("ignore")  # torch.jit is deprecated, still OpenAI's format
+        if how == "trace":  # OpenAI's releases are traced
+            ex = (torch.zeros(1, 3, 32, 32), torch.zeros(1, CFG.context_length, dtype=torch.long))
+            torch.jit.trace(module.eval(), ex).save(path)
+        else:
+            scripted = torch.jit.script(module)
+            (scripted.half() if how == "half" else scripted).save(path)
+        return dict(torch.jit.load(path).state_dict())  # the test's reference: the library never runs torch.jit
+
+
+@pytest.mark.parametrize("how", ["script", "trace", "half"])
+def test_torchscript_archive_like_openai_release(ref, tmp_path, how, monkeypatch):
+    path = str(tmp_path / "ViT-tiny.pt")
+    want = _save_torchscript(ref, path, how)
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: pytest.fail("torch.jit.load called"))
+    got = CC.read_openai_checkpoint(path)  # read as data: keys, order, dtypes and values of state_dict()
+    assert list(got) == list(want)
+    for k, v in want.items():
+        assert got[k].dtype == v.numpy().dtype and np.array_equal(got[k], v.numpy()), k
     params, _ = CC.load_clip(path, CFG)
-    _check_parity(params, ref)
+    sd_path = str(tmp_path / "state_dict.pt")
+    torch.save(want, sd_path)
+    same, _ = CC.load_clip(sd_path, CFG)  # the same weights as a plain state dict convert identically
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(same)):
+        np.testing.assert_array_equal(a, b)
+    if how != "half":
+        _check_parity(params, ref)
 
 
 def test_fp16_weights_and_extra_scalars_as_in_the_release(ref):

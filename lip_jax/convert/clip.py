@@ -1,8 +1,9 @@
 """OpenAI CLIP weights <-> lip_jax.models.clip.CLIP parameters (strict, both directions).
 
 Sources read by `load_clip`:
-  * OpenAI's `ViT-B-32.pt` TorchScript archive (`torch.jit.load(...).state_dict()`, fp16 weights are
-    cast to float32) or a plain OpenAI state dict (`.pt` / `.pth`);
+  * OpenAI's `ViT-B-32.pt` TorchScript archive (the tensors of `torch.jit.load(...).state_dict()`, read
+    as data by lip_jax.convert.torchscript without running the archive; fp16 weights are cast to
+    float32) or a plain OpenAI state dict (`.pt` / `.pth`);
   * a Hugging Face `CLIPModel` directory (`config.json` + `model.safetensors` or `pytorch_model.bin`),
     or a hub name such as `openai/clip-vit-base-patch32` when the network is available.
 Written back: `clip_to_openai` gives the OpenAI state-dict layout.
@@ -197,17 +198,13 @@ def read_hf_dir(directory: str) -> tuple[dict, ClipConfig]:
 
 
 def read_openai_checkpoint(path: str) -> dict:
-    """OpenAI `.pt`: the TorchScript archive (as clip.load reads it) or a plain state dict."""
-    import warnings
+    """OpenAI `.pt`: the TorchScript archive (read as data, never run: lip_jax.convert.torchscript) or a
+    plain state dict (torch.load, weights only)."""
+    from lip_jax.convert import torchscript
 
-    import torch
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, still the format
-            return dict(torch.jit.load(path, map_location="cpu").state_dict())
-    except RuntimeError:  # not a TorchScript archive: a pickled state dict
-        return common.load_torch_checkpoint(path)
+    if torchscript.is_torchscript(path):
+        return torchscript.read_state_dict(path)
+    return common.load_torch_checkpoint(path)
 
 
 _HUB_NAME = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -239,9 +236,4 @@ def load_clip(path: str, cfg=None) -> tuple[dict, ClipConfig]:
     else:
         cfg = inferred or infer_config(state)
     return clip_from_openai(state, cfg, what=path), cfg
-
-
-def save_openai(params: Mapping, path: str, cfg=None) -> None:
-    """Write an OpenAI-layout plain state dict (torch.save; float32)."""
-    common.save_torch_checkpoint(clip_to_openai(params, cfg), path, wrap_model=False)
 
