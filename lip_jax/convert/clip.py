@@ -236,4 +236,3 @@ def load_clip(path: str, cfg=None) -> tuple[dict, ClipConfig]:
     else:
         cfg = inferred or infer_config(state)
     return clip_from_openai(state, cfg, what=path), cfg
-

@@ -217,10 +217,6 @@ class ClipConfig:
         """A preset name, a dict / ConfigDict of fields, or a ClipConfig."""
         return config_from_any(cls, cfg, PRESETS, "CLIP")
 
-    @property
-    def num_patches(self) -> int:
-        return (self.image_resolution // self.vision_patch_size) ** 2
-
 
 class ClipVision(nn.Module):
     """CLIP ViT: normalised pixels [B, R, R, 3] -> image embedding [B, output_dim]."""
@@ -285,14 +281,6 @@ class CLIP(nn.Module):
 
 def _normalize(x):
     return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def init_clip_params(cfg, rng) -> dict:
-    """Random float32 CLIP parameters (unboxed; logical axes via nn.get_partition_spec of the boxed init)."""
-    cfg = ClipConfig.from_any(cfg)
-    r = cfg.image_resolution
-    dummy = (jnp.zeros((1, r, r, 3), jnp.float32), jnp.zeros((1, cfg.context_length), jnp.int32))
-    return jax.jit(lambda k: nn.meta.unbox(CLIP(cfg).init(k, *dummy)["params"]))(rng)
 
 
 def preprocess(images, size: int = 224, resize: str = "bicubic"):

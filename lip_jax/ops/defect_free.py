@@ -39,11 +39,6 @@ def mask_pyramid_level(mask: Array, level: int) -> Array:
     return jax.lax.reduce_window(padded, False, jax.lax.bitwise_or, (1, k, k), (1, k, k), "VALID")
 
 
-def mask_pyramid(mask: Array, num_levels: int) -> list[Array]:
-    """[mask, level 0, ..., level num_levels - 1]."""
-    return [mask] + [mask_pyramid_level(mask, lvl) for lvl in range(num_levels)]
-
-
 def group_norm(x: Array, num_groups: int, eps: float, ddof: int, mask: Array | None = None) -> Array:
     """Group norm without affine; with `mask`, the official relative estimation (paper Eq. 4).
 
