@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -110,6 +111,36 @@ def test_image_folder_with_captions_and_masks(tmp_path):
     Image.fromarray(np.zeros((12, 10), np.uint8)).save(tmp_path / "sub" / "b.mask.png")
     ds = ImageFolder(tmp_path)
     assert len(ds) == 2 and ds[0]["mask"].all() and not ds[1]["mask"].any()
+
+
+def test_stage2_recipe_trains_on_a_folder(tmp_path):
+    # The recipe's source_kwargs (root, split) are written for CC; `source=folder` keeps them.
+    from lip_jax.app.config import apply_overrides, load_config
+    from lip_jax.train.trainer import HostLoader
+
+    for i in range(3):
+        write_image(tmp_path / f"{i}.png", 60 * i, size=(40, 48))
+    (tmp_path / "0.txt").write_text("a red car\n")
+    config = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                                      "mps_cc.py"))
+    apply_overrides(config, ["data.source=folder", f"data.source_kwargs.root={tmp_path}", "data.workers=0",
+                             "data.batch_size=3"])
+    batch = next(HostLoader(config, process_index=0, process_count=1))
+    size = config.data.image_size
+    assert batch["image"].shape == (3, size, size, 3) and batch["mask"].any()
+    ids = batch["text_ids"]
+    assert ids.shape == (3, config.mps.text_len)
+    # Images without a sidecar caption are trained with the empty text: start and end tokens only.
+    assert sorted(int((row > 0).sum()) for row in ids) == [2, 2, 5]
+
+
+def test_source_kwargs_no_source_takes_are_an_error(tmp_path):
+    write_image(tmp_path / "a.png", 1)
+    assert len(open_source("folder", root=str(tmp_path), split="val")) == 1  # another source's setting
+    with pytest.raises(DataError, match=r"no source takes source_kwargs \['spilt'\]"):
+        open_source("folder", root=str(tmp_path), spilt="val")
+    with pytest.raises(DataError, match="needs source_kwargs.root"):
+        open_source("folder")
 
 
 def test_missing_or_empty_directories_fail_at_start(tmp_path):

@@ -13,6 +13,7 @@ and skips.
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import logging
 import os
@@ -329,8 +330,27 @@ SOURCES = {
 }
 
 
+def _parameters(cls) -> dict[str, inspect.Parameter]:
+    return {k: p for k, p in inspect.signature(cls).parameters.items()}
+
+
 def open_source(kind: str, **kwargs):
-    """Build a source by name (see `SOURCES`) with its keyword arguments."""
+    """Build a source by name (see `SOURCES`) with its keyword arguments.
+
+    A recipe's `source_kwargs` are written for its own source and stay when only `source` is
+    overridden (`source=folder` on the COCO recipe keeps `split`), so a keyword that only other
+    sources take is dropped with a note; one that no source takes is a typo and a `DataError`."""
     if kind not in SOURCES:
         raise DataError(f"unknown data source {kind!r}; choose one of {sorted(SOURCES)}")
-    return SOURCES[kind](**kwargs)
+    takes = _parameters(SOURCES[kind])
+    unknown = sorted(set(kwargs).difference(*(_parameters(c) for c in SOURCES.values())))
+    if unknown:
+        raise DataError(f"data source {kind!r}: no source takes source_kwargs {unknown}; "
+                        f"{kind!r} takes {sorted(takes)}")
+    ignored = sorted(set(kwargs) - set(takes))
+    if ignored:
+        log.info("data source %r ignores source_kwargs %s (settings of other sources)", kind, ignored)
+    missing = [k for k, p in takes.items() if p.default is p.empty and k not in kwargs]
+    if missing:
+        raise DataError(f"data source {kind!r} needs source_kwargs.{missing[0]}")
+    return SOURCES[kind](**{k: v for k, v in kwargs.items() if k in takes})
