@@ -31,7 +31,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         disc_ndf=64, disc_layers=3,
         lpips_ckpt="",              # orbax LPIPS weights (lip-jax convert); required for real runs
         lpips_dropout=True,         # official: trainer's model.train() activates LPIPS head dropout
-        log_every=50, save_every=5000, sample_every=5000, keep=3)
+        log_every=50, save_every=5000, sample_every=5000, keep=3,
+        max_skipped_steps=10, skip_grad_norm=float("inf"))  # divergence guard (lip_jax.train.faults)
     c.distributed = dict(enabled=False, coordinator_address="", num_processes=0, process_id=-1,
                          cpu_collectives="")
     return c

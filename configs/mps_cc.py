@@ -37,6 +37,7 @@ def build(preset: str) -> ml_collections.ConfigDict:
                   batch_size=8, mask="stage2", augment="stage2", workers=2, seed=42,
                   vae_patch_size=c.mps.vae_patch_size, shards=0)  # shards 0: one per process
     c.train = dict(total_steps=1_000_000, lr=5e-4, warmup_fraction=0.05, weight_decay=0.0, grad_accum=1,
+                   max_skipped_steps=10, skip_grad_norm=float("inf"),  # divergence guard (lip_jax.train.faults)
                    max_grad_norm=0.0, init_ckpt="", log_every=50, save_every=5000, sample_every=0, keep=3)
     c.sample = dict(top_k=128, temperature=1.0, num_samples=2, best_n=2)  # official tk, sample_K, best_n
     # `lip-jax eval` of this model (the official lip4maskcoco evaluation settings).

@@ -1,7 +1,9 @@
 """`lip-jax`: NUWA-LIP from the command line — train, inpaint, eval, reconstruct, convert, demo.
 
 Every command that takes `--config FILE[:arg]` also takes `--config.key.path=value` overrides.
-Bad input ends with one line `lip-jax: error: ...` and exit code 2, never a traceback.
+Exit codes: 0 the work finished; 2 bad input (one line `lip-jax: error: ...`, never a traceback,
+caught before the work starts); 3 training diverged; 75 interrupted (SIGTERM or Ctrl-C) with a
+checkpoint saved: rerun the same command to resume.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-config", help="CLIP preset when the sizes cannot be read from --clip")
     p.add_argument("--out", required=True, help="output PNG: the best candidate, at the image's size")
     p.add_argument("--grid", help="also write a PNG: input with hole, mask, every candidate (best first)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out / --grid if they exist")
     p.set_defaults(fn="commands.inpaint")
 
     p = sub.add_parser("eval", help="inpaint an evaluation set (MaskCOCO layout), write eval_visu/ and metrics.json",
@@ -88,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", required=True, help="image file, non-zero = defective (alpha is ignored)")
     p.add_argument("--out", required=True, help="output PNG")
     p.add_argument("--npy", help="also write the raw float32 NHWC output in [-1, 1]")
+    p.add_argument("--overwrite", action="store_true", help="replace --out / --npy if they exist")
     p.set_defaults(fn="commands.reconstruct")
 
     from lip_jax.app.convert import KINDS
@@ -101,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p, "configs/dfvqgan_imagenet.py (dfvqgan) or configs/lip_maskcoco.py (lip)", required=False)
     p.add_argument("--from", dest="src", required=True, help="PyTorch file (or HF CLIP directory), orbax "
                                                              "directory or training workdir")
-    p.add_argument("--to", dest="dst", required=True, help="orbax directory (must not exist) or .pth file")
+    p.add_argument("--to", dest="dst", required=True, help="orbax directory or .pth file (must not exist, "
+                                                           "unless --overwrite)")
     p.add_argument("--heads", help="lpips: the LPIPS heads file (lpips/taming vgg.pth), read with the "
                                    "torchvision VGG16 --from, or written beside --to")
     p.add_argument("--clip-config", help="clip (and the lip checkpoint's clip_sim): CLIP preset when the "
@@ -110,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lip, .pth -> orbax: write only this part (mps: for train.init_ckpt; vqgan: for vqgan_ckpt)")
     p.add_argument("--axial-naming", choices=("underscore", "dot"), default="underscore",
                    help="lip, orbax -> .pth: axial positional embedding keys weights_0 (release) or weights.0")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --to (a .pth file, or an "
+                                                            "orbax directory; nothing else)")
     p.set_defaults(fn="convert.run")
 
     p = sub.add_parser("demo", help="train both stages on synthetic shapes and inpaint with true and "
@@ -139,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     from lip_jax.convert.common import ConversionError
     from lip_jax.data.errors import DataError
     from lip_jax.train.checkpoints import CheckpointError
+    from lip_jax.train.faults import DIVERGED_EXIT, INTERRUPTED_EXIT, ConfigError, Diverged, Interrupted
 
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -150,9 +158,15 @@ def main(argv: list[str] | None = None) -> int:
         _enable_compilation_cache()
         module, _, fn = args.fn.rpartition(".")
         getattr(importlib.import_module(f"lip_jax.app.{module}"), fn)(args)
-    except (UsageError, ConversionError, CheckpointError, DataError) as e:
+    except (UsageError, ConversionError, CheckpointError, DataError, ConfigError) as e:
         print(f"lip-jax: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"lip-jax: {e}", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    except Diverged as e:
+        print(f"lip-jax: error: {e}", file=sys.stderr)
+        return DIVERGED_EXIT
     except ModuleNotFoundError as e:
         if e.name != "torch":
             raise

@@ -81,6 +81,15 @@ def test_demo_smoke_end_to_end(tmp_path, capsys):
     assert main(["demo", "--config", CONFIG + ":smoke", "--workdir", work]) == 0
     err = capsys.readouterr().err
     assert "stage1 already trained" in err and "stage2 already trained" in err
+    # A stage whose run did not reach its last step (no params/, as after an interruption) is not
+    # taken as trained: the rerun trains it, resuming from its checkpoints.
+    import shutil
+
+    shutil.rmtree(os.path.join(work, "stage2", "params"))
+    assert main(["demo", "--config", CONFIG + ":smoke", "--workdir", work]) == 0
+    err = capsys.readouterr().err
+    assert "stage1 already trained" in err and "demo: training stage2" in err
+    assert os.path.isdir(os.path.join(work, "stage2", "params"))
 
 
 def test_demo_bad_arguments(tmp_path, capsys):

@@ -159,16 +159,25 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tmp_path, vq_ckpt):
         np.testing.assert_array_equal(x, y)
 
 
-def test_sigterm_saves_and_exits_cleanly(tmp_path, vq_ckpt):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_ctrl_c_save_exit_75_and_resume_without_duplicate_logs(tmp_path, vq_ckpt, signum):
     proc = _cli(tmp_path, STAGE2, f"--config.vqgan_ckpt={vq_ckpt}", "--config.train.total_steps=100000",
-                "--config.train.save_every=10")
+                "--config.train.save_every=10", "--config.train.log_every=1")
     _wait_for_checkpoint(proc, tmp_path, 10)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 0, out
-    assert "SIGTERM at step" in out
-    steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
-    assert steps[-1] > 10 or "SIGTERM at step 10" in out
+    assert proc.returncode == 75, out
+    assert f"interrupted by {signal.Signals(signum).name} at step" in out and "Traceback" not in out
+    assert not os.path.exists(tmp_path / "params")  # an interrupted run is not a finished one
+    saved = max(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+    # Steps logged after the checkpoint are replayed by the resumed run: logged once, not twice.
+    resumed = _cli(tmp_path, STAGE2, f"--config.vqgan_ckpt={vq_ckpt}", f"--config.train.total_steps={saved + 3}",
+                   "--config.train.save_every=10", "--config.train.log_every=1")
+    out = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, out
+    steps = [json.loads(l)["step"] for l in open(tmp_path / "metrics.jsonl")]
+    assert steps == list(range(1, saved + 4)), steps
+    assert os.path.isdir(tmp_path / "params")
 
 
 RESHARD = """

@@ -11,10 +11,8 @@ written at it. Only process 0 writes logs, TensorBoard scalars and sample grids.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
-import signal
 import sys
 import time
 from typing import Any, Callable
@@ -26,8 +24,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from lip_jax import sharding as partitioning
-from lip_jax.train.checkpoints import (PARAMS, DataSave, DataRestore, CheckpointError, load_params, load_part,
-                                       save_params)
+from lip_jax.train import faults
+from lip_jax.train.checkpoints import (PARAMS, CheckpointError, DataRestore, DataSave, checksums, load_params,
+                                       load_part, save_params, verify)
+from lip_jax.train.writer import Progress, Writer
 
 log = logging.getLogger("lip_jax.train")
 
@@ -145,37 +145,6 @@ def _grid(rows) -> jax.Array:
     return jnp.clip(jnp.round((jnp.concatenate(rows, axis=0) + 1) * 127.5), 0, 255).astype(jnp.uint8)
 
 
-class Writer:
-    """Process-0 logs: metrics.jsonl, TensorBoard scalars, PNG sample grids."""
-
-    def __init__(self, workdir: str):
-        self.active = jax.process_index() == 0
-        self.workdir = workdir
-        self.tb = None
-        if self.active:
-            os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-            from tensorboardX import SummaryWriter
-            self.tb = SummaryWriter(os.path.join(workdir, "tb"))
-
-    def scalars(self, step: int, values: dict) -> None:
-        if not self.active:
-            return
-        with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps({"step": step, **values}) + "\n")
-        for k, v in values.items():
-            self.tb.add_scalar(k, v, step)
-        self.tb.flush()
-
-    def image(self, step: int, image: np.ndarray) -> None:
-        if self.active:
-            from PIL import Image
-            Image.fromarray(np.asarray(image)).save(os.path.join(self.workdir, "samples", f"step_{step:07d}.png"))
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
 class HostLoader:
     """This process's share of the global batch: `data.shards` fixed data shards (default: one
     per process), of which this process reads its contiguous part and concatenates the batches.
@@ -239,18 +208,30 @@ def abstract_state(task: Task, mesh) -> tuple[Any, Any]:
 
 
 def train(config, workdir: str, max_steps: int | None = None) -> dict:
-    """Run (or resume) training; returns the last metrics. `max_steps` stops early (tests)."""
+    """Run (or resume) training; returns the last metrics. `max_steps` stops early (tests).
+
+    Raises faults.ConfigError before any work for an unusable setting or a workdir in use,
+    faults.Interrupted after saving on SIGTERM / SIGINT, faults.Diverged when too many
+    consecutive steps were skipped."""
     if not log.handlers:  # own handler: absl may already own the root logger
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
+    faults.check_config(config)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise faults.ConfigError(f"{workdir}: the workdir is a file")
     initialize_distributed(config)
     os.makedirs(workdir, exist_ok=True)
+    with faults.WorkdirLock(workdir), faults.StopSignals() as stop:
+        return _train(config, workdir, max_steps, stop)
+
+
+def _train(config, workdir: str, max_steps: int | None, stop) -> dict:
     mesh = partitioning.make_mesh(dict(config.mesh))
     task = stage_task(config)
-    total = int(config.train.total_steps)
+    total, t = int(config.train.total_steps), config.train
     with jax.set_mesh(mesh):
         shapes, shardings = abstract_state(task, mesh)
         init = jax.jit(lambda r: nn.unbox(task.init_boxed_state(r)), out_shardings=shardings)
@@ -261,41 +242,45 @@ def train(config, workdir: str, max_steps: int | None = None) -> dict:
         data_iter = HostLoader(config)
         manager = ocp.CheckpointManager(
             os.path.abspath(os.path.join(workdir, "checkpoints")),
-            options=ocp.CheckpointManagerOptions(max_to_keep=config.train.keep, save_interval_steps=1,
+            options=ocp.CheckpointManagerOptions(max_to_keep=t.keep, save_interval_steps=1,
                                                  enable_async_checkpointing=True))
-        latest = manager.latest_step()
-        if latest is not None:
-            target = jax.tree_util.tree_map(
-                lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
-            restored = manager.restore(latest, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), data=DataRestore(data_iter)))
-            state = restored.state
-            log.info("resumed from step %d", latest)
+        target = jax.tree_util.tree_map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+        restored = restore_latest(manager, target, data_iter)
+        state = state if restored is None else restored
         steps: dict = {}
+        skip_norm = float(t.get("skip_grad_norm", float("inf")))
 
         def step_fn(step, batch):
             key = task.select(step) if task.select else None
             if key not in steps:
                 batch_sh = {k: v.sharding for k, v in batch.items()}
-                steps[key] = jax.jit(task.make_step(key), donate_argnums=0,
+                steps[key] = jax.jit(faults.guard(task.make_step(key), skip_norm), donate_argnums=0,
                                      in_shardings=(shardings, *(partitioning.replicated(mesh),) * len(extra), batch_sh),
                                      out_shardings=(shardings, partitioning.replicated(mesh)))
             return steps[key]
 
-        writer = Writer(workdir)
-        stop = {"signal": None}
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
         start = int(jax.device_get(state.step))
         end = total if max_steps is None else min(total, start + max_steps)
-        t = config.train
+        writer = Writer(workdir, start)
         last, acc, n_acc, t0, done = {}, None, 0, time.time(), start
-        progress = _Progress(start, end, config.data.batch_size, enabled=jax.process_index() == 0)
+        skipped_run, pending, max_skipped = 0, None, int(t.get("max_skipped_steps", 10))
+        progress = Progress(start, end, config.data.batch_size, enabled=jax.process_index() == 0)
         try:
             for step in range(start, end):
                 local = next(data_iter)
                 batch = partitioning.global_batch({k: local[k] for k in task.batch_keys}, mesh)
                 state, metrics = step_fn(step, batch)(state, *extra, batch)
                 done = step + 1
+                # The previous step's verdict, read while this one runs: no stall, exact count.
+                if pending is not None:
+                    skipped_run = 0 if bool(jax.device_get(pending)) else skipped_run + 1
+                pending = metrics["finite"]
+                if skipped_run >= max_skipped:
+                    raise faults.Diverged(
+                        f"training diverged: {skipped_run} consecutive steps skipped (non-finite loss, gradient "
+                        f"or parameters, or gradient norm over train.skip_grad_norm) before step {done}; the last "
+                        f"checkpoint is step {manager.latest_step()}: lower train.lr or raise train.max_skipped_steps")
                 as_float = jax.tree_util.tree_map(lambda v: v.astype(jnp.float32), metrics)  # bools count
                 acc = as_float if acc is None else jax.tree_util.tree_map(jnp.add, acc, as_float)
                 n_acc += 1
@@ -304,50 +289,51 @@ def train(config, workdir: str, max_steps: int | None = None) -> dict:
                     bad = n_acc - int(means.pop("finite"))
                     last = {k: float(v) / n_acc for k, v in means.items()}  # mean over the interval
                     if bad:
-                        log.warning("steps %d-%d: %d non-finite losses; those updates were skipped",
-                                    done - n_acc + 1, done, bad)
+                        log.warning("steps %d-%d: %d skipped (non-finite or over the gradient-norm bound); "
+                                    "those updates changed nothing", done - n_acc + 1, done, bad)
                     writer.scalars(done, last)
                     progress.update(done, last)
                     acc, n_acc = None, 0
                 if t.get("sample_every") and done % t.sample_every == 0 and task.preview is not None:
                     writer.image(done, jax.device_get(task.preview(state, batch, *extra)))
-                save = done % t.save_every == 0 or done == end or stop["signal"]
+                save = done % t.save_every == 0 or done == end or stop.signum
                 if save and not bool(jax.device_get(metrics["finite"])):
-                    log.warning("step %d: non-finite loss; no checkpoint written at this step", done)
+                    log.warning("step %d: skipped step; no checkpoint written at this step", done)
                 elif save:
                     manager.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                               data=DataSave(data_iter)))
-                if stop["signal"]:
-                    log.warning("SIGTERM at step %d: checkpoint saved, exiting", done)
+                                                               data=DataSave(data_iter)),
+                                 custom_metadata={"checksums": checksums(state)})
+                if stop.signum:
                     break
         finally:
             manager.wait_until_finished()
             manager.close()
             progress.close()
             writer.close()
-            signal.signal(signal.SIGTERM, previous)
+        if stop.signum:
+            raise faults.Interrupted(manager.latest_step() or 0, stop.signum)
         if done == total:  # only a finished run leaves inference weights
             save_params(os.path.join(workdir, PARAMS), task.export(state.params), overwrite=True)
         last["steps_per_s"] = (done - start) / max(time.time() - t0, 1e-9)
         return {"step": done, "metrics": last, "state": state, "skipped_examples": data_iter.skipped}
 
 
-class _Progress:
-    """tqdm bar on process 0: loss, steps/s, images/s and ETA."""
-
-    def __init__(self, start: int, end: int, batch: int, enabled: bool):
-        from tqdm import tqdm
-        self.batch = batch
-        self.bar = tqdm(total=end - start, initial=0, unit="step", disable=not enabled, file=sys.stderr,
-                        dynamic_ncols=True)
-        self.start, self.t0, self.last = start, time.time(), start
-
-    def update(self, step: int, metrics: dict) -> None:
-        self.bar.update(step - self.last)
-        self.last = step
-        rate = (step - self.start) / max(time.time() - self.t0, 1e-9)
-        self.bar.set_postfix(step=step, loss=f"{metrics.get('loss', float('nan')):.4f}",
-                             img_s=f"{rate * self.batch:.1f}")
-
-    def close(self) -> None:
-        self.bar.close()
+def restore_latest(manager, target, data_iter):
+    """The newest checkpoint that restores and verifies (older ones are tried after a warning), or
+    None for a fresh run."""
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), data=DataRestore(data_iter)))
+            custom = manager.metadata(step).custom_metadata or {}
+            verify(f"{manager.directory}/{step}", restored.state, custom.get("checksums"))
+        except Exception as e:  # corrupted or truncated: orbax raises many types
+            log.warning("checkpoint step %d does not verify (%s); trying an older one",
+                        step, " ".join(str(e).split())[:300])
+            continue
+        log.info("resumed from step %d", step)
+        return restored.state
+    if manager.all_steps():
+        raise CheckpointError(f"{manager.directory}: no checkpoint verifies (steps {sorted(manager.all_steps())}); "
+                              f"move the checkpoints away to start afresh")
+    return None

@@ -1,0 +1,155 @@
+"""What keeps a training run honest under faults: settings checked before any work, one trainer per
+workdir, SIGTERM and Ctrl-C handled alike (checkpoint, then a non-zero exit), and a divergence guard
+(a step that would make the state non-finite, or whose gradient norm passes a bound, changes
+nothing; a run of such steps ends the run).
+
+Exit codes (lip_jax.cli): 0 finished, 2 bad input, 3 diverged, 75 interrupted with a checkpoint
+saved (rerun the same command to resume).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+
+import jax
+import jax.numpy as jnp
+
+INTERRUPTED_EXIT, DIVERGED_EXIT = 75, 3
+
+
+class ConfigError(ValueError):
+    """A training setting that cannot work: reported in one line before any work."""
+
+
+class Interrupted(Exception):
+    """SIGTERM / SIGINT: a checkpoint was saved at `step`."""
+
+    def __init__(self, step: int, signum: int):
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}: checkpoint saved; "
+                         f"rerun the same command to resume")
+        self.step = step
+
+
+class Diverged(Exception):
+    """Too many consecutive skipped steps."""
+
+
+def check_config(config) -> None:
+    """Every numeric training setting, before the first byte of work."""
+    t, d = config.train, config.data
+    problems = []
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            problems.append(what)
+
+    def finite(x) -> bool:
+        return isinstance(x, (int, float)) and math.isfinite(x)
+
+    for name in ("total_steps", "keep", "save_every", "log_every"):
+        need(isinstance(t.get(name), int) and t.get(name) >= 1, f"train.{name} >= 1 (got {t.get(name)!r})")
+    need(isinstance(t.get("sample_every", 0), int) and t.get("sample_every", 0) >= 0,
+         f"train.sample_every >= 0 (got {t.get('sample_every')!r})")
+    need(isinstance(d.get("batch_size"), int) and d.batch_size >= 1, f"data.batch_size >= 1 (got {d.get('batch_size')!r})")
+    for name in ("lr", "base_lr"):
+        if name in t:
+            need(finite(t[name]) and t[name] > 0, f"train.{name} finite and > 0 (got {t[name]!r})")
+    for name in ("weight_decay", "max_grad_norm", "warmup_fraction"):
+        if name in t:
+            need(finite(t[name]) and t[name] >= 0, f"train.{name} finite and >= 0 (got {t[name]!r})")
+    need(finite(t.get("skip_grad_norm", math.inf)) or t.get("skip_grad_norm") == math.inf,
+         "train.skip_grad_norm a number")
+    need(isinstance(t.get("max_skipped_steps", 10), int) and t.get("max_skipped_steps", 10) >= 1,
+         f"train.max_skipped_steps >= 1 (got {t.get('max_skipped_steps')!r})")
+    need(isinstance(t.get("grad_accum", 1), int) and t.get("grad_accum", 1) >= 1, "train.grad_accum >= 1")
+    seed = config.get("seed", 0)
+    need(isinstance(seed, int) and 0 <= seed < 2**32, f"seed in [0, 2**32) (got {seed!r})")
+    if problems:
+        raise ConfigError("config: need " + "; ".join(problems))
+
+
+class WorkdirLock:
+    """One trainer per workdir: `WORKDIR/.lock` holds host and pid; a lock whose process is gone
+    (same host) is stale and taken over. Only process 0 of a multi-process run holds it."""
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, ".lock")
+        self.held = False
+
+    def __enter__(self):
+        if jax.process_index() != 0:
+            return self
+        me = f"{socket.gethostname()} {os.getpid()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                host, _, pid = open(self.path).read().partition(" ")
+                if host == socket.gethostname() and pid.strip().isdigit() and not _alive(int(pid)):
+                    os.remove(self.path)  # stale: its trainer died without cleaning up
+                    continue
+                raise ConfigError(f"{os.path.dirname(self.path)}: in use by another trainer ({host} pid "
+                                  f"{pid.strip()}); if none runs, remove {self.path}") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            self.held = True
+            return self
+        raise ConfigError(f"{self.path}: cannot take the workdir lock")
+
+    def __exit__(self, *exc):
+        if self.held and os.path.exists(self.path):
+            os.remove(self.path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class StopSignals:
+    """SIGTERM and SIGINT set a flag the loop reads between steps (no KeyboardInterrupt from inside
+    the data loader); a second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.signum = None
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+
+
+def guard(step_fn, skip_grad_norm: float):
+    """Wrap a train step: keep the old state (all but step and rng) when the loss, the gradient
+    norm or any updated parameter is non-finite, or the gradient norm passes `skip_grad_norm`."""
+    def guarded(state, *args):
+        new, metrics = step_fn(state, *args)
+        ok = metrics["finite"] & all_finite(new)
+        if "grad_norm" in metrics:
+            ok &= jnp.isfinite(metrics["grad_norm"]) & (metrics["grad_norm"] <= skip_grad_norm)
+        fields = {f: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), getattr(new, f), getattr(state, f))
+                  for f in new.__dataclass_fields__ if f not in ("step", "rng")}
+        return new.replace(**fields), dict(metrics, finite=ok)
+    return guarded
+
+
+def all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)

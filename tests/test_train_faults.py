@@ -1,0 +1,120 @@
+"""Training under faults: unusable settings refused before any work, a divergence guard that stops
+the run (exit 3) with nothing non-finite checkpointed, checkpoints verified at load (a flipped byte is
+refused; a resume falls back to the newest checkpoint that verifies), one trainer per workdir."""
+
+import glob
+import os
+import socket
+
+import flax.linen as nn
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from lip_jax.app.config import load_config
+from lip_jax.cli import main
+from lip_jax.models import dfvqgan
+from lip_jax.train import faults
+from lip_jax.train.checkpoints import CheckpointError, load_params, save_params
+from lip_jax.train.trainer import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAGE2 = os.path.join(REPO, "configs", "test_stage2.py")
+
+
+@pytest.fixture(scope="module")
+def vq_ckpt(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("vq") / "dfvqgan")
+    cfg = load_config(STAGE2).vqgan
+    save_params(path, nn.unbox(dfvqgan.init_params(dfvqgan.from_config(cfg), jax.random.key(7))))
+    return path
+
+
+@pytest.mark.parametrize("override,match", [
+    ("train.keep=0", "train.keep >= 1"),
+    ("train.save_every=0", "train.save_every >= 1"),
+    ("train.log_every=0", "train.log_every >= 1"),
+    ("train.total_steps=-3", "train.total_steps >= 1"),
+    ("data.batch_size=0", "data.batch_size >= 1"),
+    ("seed=-1", "seed in [0, 2**32)"),
+])
+def test_unusable_settings_are_one_line_before_any_work(tmp_path, capsys, override, match):
+    workdir = tmp_path / "run"
+    assert main(["train", "--config", STAGE2, "--workdir", str(workdir), f"--config.{override}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lip-jax: error: config: need") and match in err[0], err
+    assert not workdir.exists()  # nothing was started
+
+
+def test_a_workdir_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "run").write_text("x")
+    assert main(["train", "--config", STAGE2, "--workdir", str(tmp_path / "run")]) == 2
+    assert "the workdir is a file" in capsys.readouterr().err
+
+
+def test_exploding_learning_rate_stops_the_run_and_checkpoints_nothing_non_finite(tmp_path, vq_ckpt, capsys):
+    workdir = tmp_path / "run"
+    rc = main(["train", "--config", STAGE2, "--workdir", str(workdir), f"--config.vqgan_ckpt={vq_ckpt}",
+               "--config.train.lr=1e30", "--config.train.total_steps=40", "--config.train.save_every=1",
+               "--config.train.max_skipped_steps=3"])
+    err = capsys.readouterr().err
+    assert rc == faults.DIVERGED_EXIT, err
+    assert "training diverged: 3 consecutive steps skipped" in err
+    assert not (workdir / "params").exists()
+    steps = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
+    assert steps and max(steps) < 40
+    with ocp.StandardCheckpointer() as ckpt:
+        for step in steps:
+            state = ckpt.restore(str(workdir / "checkpoints" / str(step) / "state"))
+            leaves = jax.tree_util.tree_leaves((state["params"], state["opt"]))
+            assert all(np.isfinite(np.asarray(x)).all() for x in leaves if np.issubdtype(np.asarray(x).dtype,
+                                                                                          np.floating))
+
+
+def _flip_a_byte(directory: str) -> None:
+    files = [f for f in glob.glob(os.path.join(directory, "**", "*"), recursive=True)
+             if os.path.isfile(f) and "/d/" in f]
+    target = max(files, key=os.path.getsize)  # the array data, not the metadata
+    data = bytearray(open(target, "rb").read())
+    data[len(data) // 2] ^= 0x10
+    open(target, "wb").write(bytes(data))
+
+
+def test_a_flipped_byte_is_refused_by_every_parameter_loader(tmp_path):
+    tree = {"mps": {"w": np.arange(4096, dtype=np.float32)}, "vqgan": {"b": np.ones((64, 64), np.float32)}}
+    path = str(tmp_path / "params")
+    save_params(path, tree)
+    assert np.array_equal(load_params(path)["mps"]["w"], tree["mps"]["w"])  # intact: verifies
+    _flip_a_byte(path)
+    with pytest.raises(CheckpointError, match="params"):
+        load_params(path)
+    from lip_jax.app.checkpoints import load_orbax
+
+    with pytest.raises(CheckpointError, match="params"):
+        load_orbax(path)
+
+
+def test_resume_falls_back_to_the_newest_checkpoint_that_verifies(tmp_path, vq_ckpt, caplog):
+    c = load_config(STAGE2)
+    c.vqgan_ckpt = vq_ckpt
+    c.train.update(total_steps=6, save_every=2, keep=3)
+    workdir = str(tmp_path / "run")
+    assert train(c, workdir, max_steps=4)["step"] == 4
+    _flip_a_byte(os.path.join(workdir, "checkpoints", "4", "state"))
+    out = train(c, workdir)
+    assert out["step"] == 6
+    assert "checkpoint step 4 does not verify" in caplog.text and "resumed from step 2" in caplog.text
+
+
+def test_a_second_trainer_on_a_workdir_is_refused_and_a_stale_lock_recovered(tmp_path):
+    workdir = tmp_path / "run"
+    os.makedirs(workdir)
+    (workdir / ".lock").write_text(f"{socket.gethostname()} {os.getpid()}")  # a live trainer: this process
+    with pytest.raises(faults.ConfigError, match="in use by another trainer"):
+        with faults.WorkdirLock(str(workdir)):
+            pass
+    (workdir / ".lock").write_text(f"{socket.gethostname()} 999999999")  # its process is gone
+    with faults.WorkdirLock(str(workdir)):
+        assert open(workdir / ".lock").read() == f"{socket.gethostname()} {os.getpid()}"
+    assert not (workdir / ".lock").exists()
