@@ -28,7 +28,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from lip_jax.models.mps2s import MPS2S, MPSConfig, check_inputs, kv_heads
+from lip_jax.models.mps2s import MPS2S, MPSConfig, check_inputs
+from lip_jax.models.mps2s_layers import kv_heads
 
 
 def _check_args(cfg: MPSConfig, num_samples: int, top_k: int, temperature: float):

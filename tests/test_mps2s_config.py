@@ -4,7 +4,7 @@ import os
 import jax
 import pytest
 
-from lip_jax.models import mps2s
+from lip_jax.models import mps2s, mps2s_layers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,8 +43,8 @@ def test_config_validation():
         mps2s.MPSConfig.from_any(dict(mps2s.PRESETS["tiny"], pth_layout="nchw"))
     with pytest.raises(ValueError, match="divisible"):
         mps2s.MPSConfig.from_any(dict(mps2s.PRESETS["tiny"], img_size=60))
-    assert mps2s.layer_scale_init(18) == 0.1 and mps2s.layer_scale_init(19) == 1e-5
-    assert mps2s.layer_scale_init(24) == 1e-5 and mps2s.layer_scale_init(25) == 1e-6
+    assert mps2s_layers.layer_scale_init(18) == 0.1 and mps2s_layers.layer_scale_init(19) == 1e-5
+    assert mps2s_layers.layer_scale_init(24) == 1e-5 and mps2s_layers.layer_scale_init(25) == 1e-6
 
 
 def test_logical_axes_cover_every_parameter():
