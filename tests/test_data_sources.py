@@ -134,6 +134,13 @@ def test_stage2_recipe_trains_on_a_folder(tmp_path):
     assert sorted(int((row > 0).sum()) for row in ids) == [2, 2, 5]
 
 
+def test_non_utf8_caption_is_a_data_error_naming_the_file(tmp_path):
+    write_image(tmp_path / "a.png", 1)
+    (tmp_path / "a.txt").write_bytes("caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"a\.txt: not UTF-8"):
+        ImageFolder(tmp_path)[0]
+
+
 def test_source_kwargs_no_source_takes_are_an_error(tmp_path):
     write_image(tmp_path / "a.png", 1)
     assert len(open_source("folder", root=str(tmp_path), split="val")) == 1  # another source's setting

@@ -49,8 +49,14 @@ def _nonempty(items: list, where, what: str) -> list:
 
 
 def _read_text(path) -> str:
-    with open(path, encoding="utf-8") as f:
-        return f.readline().strip()
+    """First line of a UTF-8 text file (a byte-order mark is dropped); `DataError` naming the file
+    if it is not UTF-8."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return f.readline().strip()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (invalid byte 0x{e.object[e.start]:02x}); "
+                        f"save it as UTF-8") from None
 
 
 class ImageNetList:
@@ -214,9 +220,9 @@ class MaskEvalFolder:
 
 class ImageFolder:
     """Users' own data: every image under ``root`` (recursively), its caption
-    in a same-name ``.txt`` beside it (optional, else ""), and its mask in a
-    same-name ``.mask.png`` beside it (optional; either all images have one
-    or none do).
+    in a same-name UTF-8 ``.txt`` beside it (optional, else "": stage 2 then
+    trains that image on the empty text), and its mask in a same-name
+    ``.mask.png`` beside it (optional; either all images have one or none do).
     """
 
     def __init__(self, root):
