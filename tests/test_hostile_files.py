@@ -131,6 +131,8 @@ def _crafted(marker):
         "stride past the storage": (_patch(b"K\x10K\x20t(K\x20K\x01t", b"K\x10K\x20t(K\xffK\x01t"),
                                     "reaches past its storage"),
         "storage key outside data/": (_patch(b"X\x01\x00\x00\x000", b"X\x01\x00\x00\x00/"), "persistent id"),
+        # storage 0 declared as 513 floats, 2048 bytes in data/0: sizes are checked before anything is read
+        "storage size": (_patch(b"M\x00\x02t", b"M\x01\x02t"), r"is 2048 bytes, not 513 x 4"),
         "not a module": (lambda _: pickle.dumps({"visual.conv1.weight": 1}, protocol=2), "not a module"),
         "unknown tensor rebuild": (_patch(b"torch._utils\n_rebuild_tensor_v2", b"torch._utils\n_rebuild_qtensor"),
                                    r"global torch\._utils\._rebuild_qtensor"),

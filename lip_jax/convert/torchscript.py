@@ -46,7 +46,7 @@ class _Object:
 
 
 def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
-    if not isinstance(storage, np.ndarray) or not all(
+    if not (isinstance(storage, np.ndarray) and storage.ndim == 1 and storage.flags.c_contiguous) or not all(
             isinstance(v, int) and v >= 0 for v in (offset, *size, *stride)) or len(size) != len(stride):
         raise _Refused("malformed tensor")
     end = offset + 1 + sum((n - 1) * s for n, s in zip(size, stride)) if all(size) else offset
@@ -59,18 +59,14 @@ def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=No
     return np.array(view)
 
 
-def _list(items):
-    return list(items)
-
-
 _ALLOWED = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): lambda data, requires_grad=False, hooks=None: data,
     ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch.jit._pickle", "build_intlist"): _list,
-    ("torch.jit._pickle", "build_doublelist"): _list,
-    ("torch.jit._pickle", "build_boollist"): _list,
-    ("torch.jit._pickle", "build_tensorlist"): _list,
+    ("torch.jit._pickle", "build_intlist"): list,
+    ("torch.jit._pickle", "build_doublelist"): list,
+    ("torch.jit._pickle", "build_boollist"): list,
+    ("torch.jit._pickle", "build_tensorlist"): list,
     ("torch.jit._pickle", "restore_type_tag"): lambda value, type_str: value,
 }
 
@@ -96,23 +92,24 @@ class _Unpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _Storage)
-                and isinstance(pid[2], str) and re.fullmatch(r"\w+", pid[2])):
+                and isinstance(pid[2], str) and re.fullmatch(r"\w+", pid[2]) and type(pid[4]) is int):
             raise _Refused(f"persistent id {pid!r:.80}")
         key = pid[2]
         if key not in self.storages:
             name = f"{self.prefix}data/{key}"
-            try:
-                raw = self.archive.read(name)
-            except KeyError:
-                raise _Refused(f"no storage {name}") from None
             if pid[1].dtype == "bfloat16":
                 import ml_dtypes
 
                 dtype = np.dtype(ml_dtypes.bfloat16)
             else:
                 dtype = np.dtype(pid[1].dtype).newbyteorder("<" if self.byteorder == "little" else ">")
-            if len(raw) % dtype.itemsize:
-                raise _Refused(f"storage {name} is {len(raw)} bytes, not a whole number of {dtype}")
+            try:
+                size = self.archive.getinfo(name).file_size
+            except KeyError:
+                raise _Refused(f"no storage {name}") from None
+            if size != pid[4] * dtype.itemsize:  # checked before reading: no zip bomb
+                raise _Refused(f"storage {name} is {size} bytes, not {pid[4]} x {dtype.itemsize}")
+            raw = self.archive.read(name)
             self.storages[key] = np.frombuffer(raw, dtype).astype(dtype.newbyteorder("="), copy=False)
         return self.storages[key]
 
