@@ -7,6 +7,9 @@ files. Each loader returns one shape; errors name the file.
   load_clip_any   (params, ClipConfig)
   load_lpips_any  LPIPS params
   load_inception_any  {"params", "batch_stats"}
+
+`fingerprint(path)` is a checksum of a checkpoint's content (what an evaluation's output depends on,
+not only where the weights lie).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import zlib
 from typing import Mapping
 
 import jax
@@ -180,3 +184,37 @@ def load_inception_any(path: str):
             raise CheckpointError(f"{path}: expected an orbax tree {{params, batch_stats}}, got {sorted(tree)}")
         return tree
     return load_inception_variables(path)
+
+
+_CHUNK = 8 << 20
+
+
+def fingerprint(path: str) -> str:
+    """A checksum of a checkpoint's content: CRC-32 streamed in 8 MiB chunks over a file's bytes, or
+    over every file of a directory (an orbax tree; a training workdir stands for its `params/`), each
+    as its relative name, size and bytes, in sorted order. "crc32:XXXXXXXX:BYTES"; the same weights
+    copied elsewhere give the same value, other weights at the same path another one."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such checkpoint file or directory")
+    root = resolve(path) if os.path.isdir(path) else path
+    if os.path.isdir(root):
+        files = []
+        for d, dirs, names in os.walk(root):
+            dirs.sort()
+            files += [os.path.join(d, n) for n in names]
+        files = sorted(files, key=lambda f: os.path.relpath(f, root))
+    else:
+        files = [root]
+    crc, total = 0, 0
+    try:
+        for f in files:
+            if os.path.isdir(root):
+                rel = os.path.relpath(f, root).replace(os.sep, "/")
+                crc = zlib.crc32(f"{rel}\0{os.path.getsize(f)}\0".encode("utf-8", "surrogateescape"), crc)
+            with open(f, "rb") as fh:
+                while chunk := fh.read(_CHUNK):
+                    crc = zlib.crc32(chunk, crc)
+                    total += len(chunk)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
+    return f"crc32:{crc:08x}:{total}"

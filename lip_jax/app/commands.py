@@ -5,6 +5,7 @@ Every input is read and checked before the work starts; outputs are written at t
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -12,6 +13,7 @@ import time
 import numpy as np
 
 from lip_jax.app.config import UsageError, apply_overrides, load_config
+from lip_jax.app.outputs import check_file, distinct
 from lip_jax.data.images import read_image, read_mask, to_uint8
 
 
@@ -46,8 +48,16 @@ def inpaint(args) -> None:
     def say(msg):
         print(f"lip-jax inpaint: {msg}", file=sys.stderr, flush=True)
 
-    config = config_of(args)  # every input is checked before the weights are read
+    config = config_of(args)  # every input and output is checked before the weights are read
     check_config(config, args.config)
+    _check_text(args.text)
+    if args.temperature is not None and not math.isfinite(args.temperature):
+        raise UsageError(f"--temperature {args.temperature}: not a finite number")
+    overwrite = getattr(args, "overwrite", False)
+    distinct((args.out, "--out"), (args.grid, "--grid"))
+    check_file(args.out, "--out", overwrite)
+    if args.grid:
+        check_file(args.grid, "--grid", overwrite)
     (image,), (hole,) = read_inputs(args.image, args.mask, args.invert_mask)
     sampling(config, args.num_samples, args.top_k, args.temperature)
     t0 = time.perf_counter()
@@ -81,6 +91,11 @@ def reconstruct(args) -> None:
     from lip_jax.app.pipeline import reconstruct as run_reconstruct
 
     cfg = config_of(args).vqgan
+    overwrite = getattr(args, "overwrite", False)
+    distinct((args.out, "--out"), (args.npy, "--npy"))
+    check_file(args.out, "--out", overwrite)
+    if args.npy:
+        check_file(args.npy, "--npy", overwrite)
     image = read_image(args.image)
     mask = read_mask(args.mask)
     if mask.shape != image.shape[:2]:
@@ -95,6 +110,17 @@ def reconstruct(args) -> None:
     if args.npy:
         np.save(args.npy, out[None].astype(np.float32))
     print(f"wrote {args.out}" + (f" and {args.npy}" if args.npy else ""))
+
+
+def _check_text(text: str) -> None:
+    """--text is encoded as UTF-8 by the tokenizer: bytes that are not UTF-8 in the command line
+    (kept by Python as lone surrogates) are a one-line error, not a traceback mid-sampling."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = e.object[e.start]
+        shown = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"U+{ord(bad):04X}"
+        raise UsageError(f"--text: not valid UTF-8 ({shown} at character {e.start}); pass the text in UTF-8") from None
 
 
 def to_model_size(image: np.ndarray, mask: np.ndarray, size: int, what: str):

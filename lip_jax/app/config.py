@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import math
 import os
 
 
@@ -87,7 +88,10 @@ def _parse_like(old, text: str):
     if isinstance(old, int):
         return int(text)
     if isinstance(old, float):
-        return float(text)
+        value = float(text)
+        if not math.isfinite(value):  # nan / inf poison a run silently (a NaN learning rate trains nothing)
+            raise ValueError("not a finite number")
+        return value
     if isinstance(old, str):
         return text
     if hasattr(old, "keys"):

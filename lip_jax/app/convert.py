@@ -22,6 +22,7 @@ import re
 
 from lip_jax.app.checkpoints import clip_config_of, load_orbax, orbax_template
 from lip_jax.app.config import UsageError, load_config
+from lip_jax.app.outputs import check_dir, check_file, distinct
 
 KINDS = ("dfvqgan", "lip", "clip", "lpips", "inception")
 
@@ -72,6 +73,7 @@ def run(args) -> None:
     if not os.path.exists(src):
         raise UsageError(f"{src}: no such file or directory")
     to_orbax = os.path.isfile(src) or _is_hf_dir(src)
+    _check_destination(src, dst, to_orbax, args)  # before any weight is read
     kind = args.kind or _detect(src, to_orbax, args.config)
     if args.only and not (kind == "lip" and to_orbax):
         raise UsageError("--only applies to --kind lip, .pth -> orbax")
@@ -86,6 +88,38 @@ def run(args) -> None:
         msg = str(e)
         raise ConversionError(msg if src in msg else f"{src}: {msg}") from e
     print(f"wrote {dst} ({kind})")
+
+
+def _check_destination(src: str, dst: str, to_orbax: bool, args) -> None:
+    """--to (and, orbax -> .pth, the --heads file written beside it) can be written: an existing output
+    only with --overwrite (an orbax directory is replaced only by an orbax directory), a folder we
+    may write in, never --from itself. Fails in a moment instead of inside the writer."""
+    from lip_jax.train.checkpoints import CheckpointError
+
+    overwrite = getattr(args, "overwrite", False)
+    heads_out = args.heads if (args.heads and not to_orbax) else None
+    distinct((src, "--from"), (dst, "--to"), (heads_out, "--heads"))
+    if not to_orbax:
+        check_file(dst, "--to", overwrite, make_parents=True)
+        if heads_out:
+            check_file(heads_out, "--heads", overwrite, make_parents=True)
+        return
+    if os.path.lexists(dst):
+        if not os.path.isdir(dst):
+            raise CheckpointError(f"{dst}: already exists and is a file; --to of an orbax conversion is a "
+                                  f"directory")
+        if not overwrite:
+            raise CheckpointError(f"{dst}: already exists, refusing to overwrite (pass --overwrite to replace "
+                                  f"an orbax checkpoint)")
+        if not _is_orbax_dir(dst):
+            raise CheckpointError(f"{dst}: already exists and is not an orbax checkpoint; not replaced, even "
+                                  f"with --overwrite")
+    # orbax writes a temporary directory beside --to and renames it
+    check_dir(os.path.dirname(os.path.abspath(dst)), "--to", shown=dst)
+
+
+def _is_orbax_dir(path: str) -> bool:
+    return any(os.path.isfile(os.path.join(path, f)) for f in ("_CHECKPOINT_METADATA", "_METADATA"))
 
 
 def _detect(src: str, to_orbax: bool, config_spec: str | None) -> str:
@@ -141,7 +175,8 @@ def _torch_to_orbax(kind: str, src: str, dst: str, args) -> None:
     from lip_jax.convert import common
     from lip_jax.train.checkpoints import CheckpointError, save_params
 
-    if os.path.exists(dst):
+    overwrite = getattr(args, "overwrite", False)
+    if os.path.exists(dst) and not overwrite:  # checked in run(); kept for direct callers
         raise CheckpointError(f"{dst}: already exists, refusing to overwrite")
     if kind == "dfvqgan":
         from lip_jax.convert.dfvqgan import dfvqgan_from_torch
@@ -185,7 +220,7 @@ def _torch_to_orbax(kind: str, src: str, dst: str, args) -> None:
 
         params, stats = inception_from_torch(common.load_torch_checkpoint(src), what=src)
         tree = {"params": params, "batch_stats": stats}
-    save_params(dst, tree)
+    save_params(dst, tree, overwrite=overwrite)
 
 
 def _orbax_to_torch(kind: str, src: str, dst: str, args) -> None:

@@ -10,7 +10,8 @@ nearest neighbour), and the best `best_n` are written.
 OUT/eval_visu/NNNN_RRRR.png  candidate RRRR (0000 = best) of example NNNN (its gt file name). The
                              official code writes the best one only, named NNNN_0000.png by
                              lip4custom (lip4maskcoco names it NNNN.png).
-OUT/eval_settings.json       what the images were made with; a rerun with other settings is refused.
+OUT/eval_settings.json       what the images were made with (the checkpoint by path and by a checksum
+                             of its content); a rerun with other settings is refused.
 OUT/metrics.json             FID, PSNR (whole / outside the hole, [0, 255]), LPIPS-VGG, CLIP score
                              x100, of the best candidate of each example against its ground truth;
                              a metric without its weights is null, with the reason.
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import sys
@@ -38,8 +40,9 @@ import jax
 import numpy as np
 
 from lip_jax.app import pipeline
-from lip_jax.app.checkpoints import load_clip_any, load_inception_any, load_lip, load_lpips_any
+from lip_jax.app.checkpoints import fingerprint, load_clip_any, load_inception_any, load_lip, load_lpips_any
 from lip_jax.app.config import UsageError, apply_overrides, load_config
+from lip_jax.app.outputs import check_dir
 from lip_jax.data.images import to_uint8, to_unit
 from lip_jax.eval.folder import (VISU, allgather, barrier, check_masks, compute_metrics, image_path,
                                  load_example, share)
@@ -48,7 +51,8 @@ SETTINGS = "eval_settings.json"
 METRICS = "metrics.json"
 SAMPLING_KEYS = ("sample_K", "best_n", "top_k", "temperature", "seed", "batch_size", "clip_resize")
 # What the written images depend on: a rerun into the same --out must agree on these.
-GUARDED = ("checkpoint", "data", "clip", "mps", "vqgan") + SAMPLING_KEYS
+GUARDED = ("checkpoint", "checkpoint_fingerprint", "data", "clip", "clip_fingerprint", "mps",
+           "vqgan") + SAMPLING_KEYS
 
 
 def run(args) -> None:
@@ -77,15 +81,21 @@ def run(args) -> None:
     source = open_source("mask_eval", root=root)
     n = len(source) if s["max_examples"] <= 0 else min(len(source), s["max_examples"])
     _require_paths(args)
+    check_dir(args.out, "--out")  # before anything is read at length: a read-only --out fails now
     ids = list(getattr(source, "names", [])) or [source[i]["id"] for i in range(len(source))]
     ids = ids[:n]
-    clip_spec = (os.path.abspath(args.clip) if os.path.exists(args.clip) else args.clip) if args.clip else None
+    check_masks(root, ids, mps_cfg.img_size)
+    _check_guidance(root, ids)
+    clip_local = bool(args.clip) and os.path.exists(args.clip)
+    clip_spec = (os.path.abspath(args.clip) if clip_local else args.clip) if args.clip else None
+    # The images depend on the weights' content, not only on where they lie: a checksum of the files.
     settings = dict(config=args.config, overrides=list(args.overrides), checkpoint=os.path.abspath(args.ckpt),
-                    data=os.path.abspath(root), examples=n, clip=clip_spec or "the checkpoint's clip_sim, if any",
+                    checkpoint_fingerprint=fingerprint(args.ckpt), data=os.path.abspath(root), examples=n,
+                    clip=clip_spec or "the checkpoint's clip_sim, if any",
+                    clip_fingerprint=fingerprint(args.clip) if clip_local else None,
                     mps=config.mps.to_dict(), vqgan=config.vqgan.to_dict(),
                     **{k: s[k] for k in SAMPLING_KEYS})
     _check_settings(args.out, settings)
-    check_masks(root, ids, mps_cfg.img_size)
 
     # Every weight file is read before sampling: a typo must not surface after hours.
     t0 = time.perf_counter()
@@ -142,6 +152,7 @@ def run(args) -> None:
 # --- settings -------------------------------------------------------------------------------------
 
 def _settings(config) -> dict:
+    """The eval section's values, every one checked (nothing is read or written before this)."""
     if "eval" not in config or "mps" not in config or "vqgan" not in config:
         raise UsageError("config needs `mps`, `vqgan` and `eval` sections (e.g. configs/lip_maskcoco.py)")
     ev = config.eval
@@ -149,13 +160,23 @@ def _settings(config) -> dict:
     if missing:
         raise UsageError(f"config eval section lacks {missing}")
     s = {k: ev[k] for k in SAMPLING_KEYS}
-    s.update(clip_config=ev.get("clip_config", ""), metric_batch_size=int(ev.get("metric_batch_size", 32)),
-             max_examples=int(ev.get("max_examples", 0)))
-    if not (1 <= s["best_n"] <= s["sample_K"]):
+    s.update(clip_config=ev.get("clip_config", ""), metric_batch_size=ev.get("metric_batch_size", 32),
+             max_examples=ev.get("max_examples", 0))
+    for key, low in (("sample_K", 1), ("best_n", 1), ("top_k", 1), ("batch_size", 1), ("metric_batch_size", 1),
+                     ("max_examples", 0), ("seed", 0)):
+        v = s[key]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise UsageError(f"eval.{key} must be an integer, got {v!r}")
+        if v < low:
+            raise UsageError(f"need eval.{key} >= {low} (got {v})")
+        s[key] = int(v)
+    if s["seed"] >= 2 ** 32:
+        raise UsageError(f"need eval.seed < 2**32 (got {s['seed']})")
+    t = s["temperature"]
+    if isinstance(t, bool) or not isinstance(t, (int, float, np.number)) or not (math.isfinite(t) and t > 0):
+        raise UsageError(f"need a finite eval.temperature > 0 (got {t!r})")
+    if not s["best_n"] <= s["sample_K"]:
         raise UsageError(f"need 1 <= eval.best_n <= eval.sample_K (got {s['best_n']}, {s['sample_K']})")
-    if s["top_k"] < 1 or not s["temperature"] > 0 or s["batch_size"] < 1 or s["metric_batch_size"] < 1:
-        raise UsageError(f"need eval.top_k >= 1, temperature > 0, batch_size >= 1, metric_batch_size >= 1 "
-                         f"(got {s['top_k']}, {s['temperature']}, {s['batch_size']}, {s['metric_batch_size']})")
     if s["clip_resize"] not in ("nearest", "bicubic"):
         raise UsageError(f"eval.clip_resize must be nearest or bicubic, got {s['clip_resize']!r}")
     return s
@@ -177,6 +198,15 @@ def _require_paths(args) -> None:
     for path, what in need:
         if path and not os.path.exists(path):
             raise UsageError(f"{path}: no such {what} file or directory")
+
+
+def _check_guidance(root: str, ids) -> None:
+    """Every guidance text decodes (UTF-8), read as sampling reads it: a bad file fails now, not
+    after hours of sampling."""
+    from lip_jax.data.sources import _read_text
+
+    for i in ids:
+        _read_text(os.path.join(root, "guidance", f"{i}.txt"))
 
 
 def _check_settings(out: str, settings: dict) -> None:
