@@ -221,8 +221,9 @@ def files(models, tmp_path_factory):
 
 
 def _argv(root, *extra, mask="mask.png", config="cfg.py"):
+    # every test writes the module's out.png again: --overwrite (an existing --out is refused without it)
     return ["inpaint", "--config", str(root / config), "--ckpt", str(root / "ckpt"), "--image", str(root / "img.png"),
-            "--mask", str(root / mask), "--text", "a red car", "--out", str(root / "out.png"), *extra]
+            "--mask", str(root / mask), "--text", "a red car", "--out", str(root / "out.png"), "--overwrite", *extra]
 
 
 def test_cli_writes_best_and_grid_like_the_pipeline(models, files, capsys):
