@@ -9,7 +9,7 @@ from lip_jax.app.config import load_config
 def get_config(arg=None):
     c = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "dfvqgan_imagenet.py:tiny"))
     c.data.source = "shapes"
-    c.data.source_kwargs = dict(num_examples=512, image_size=32, seed=0)
+    c.data.source_kwargs = dict(root="", num_examples=512, image_size=32, seed=0)  # root: for source=folder
     c.data.batch_size = 4
     c.data.workers = 0
     c.data.augment = "none"

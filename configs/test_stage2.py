@@ -15,7 +15,7 @@ def get_config(arg=None):
                  vae_emb_dim=vq["e_dim"], dim=32, dec_depth=4, enc_depth=1, heads=2, dim_head=16,
                  attn_dropout=0.1, ff_dropout=0.1, kernel_size=3, text_vocab_size=259, text_len=24,
                  text_width=32, text_layers=1, text_heads=2, tokenizer="bytes")
-    c.data.source_kwargs = dict(num_examples=512, image_size=32, seed=0)  # replaced, not merged
+    c.data.source_kwargs = dict(root="", num_examples=512, image_size=32, seed=0)  # replaced, not merged; root: for source=folder
     c.data.update(source="shapes", image_size=32, batch_size=8, workers=0, augment="none", vae_patch_size=8)
     c.train.update(total_steps=200, lr=2e-3, log_every=10, save_every=50, keep=2)
     return c

@@ -200,3 +200,26 @@ def test_tfds_data_source_on_a_tiny_array_record_dataset(tmp_path):
         Tfds("lip_jax_tiny_captions", "train", data_dir=str(tmp_path), text_key="caption")[0]
     with pytest.raises(DataError, match="cannot open TFDS dataset"):
         Tfds("lip_jax_tiny_captions", "test", data_dir=str(tmp_path))
+
+
+def test_stage2_training_on_a_folder_runs_from_the_cli(tmp_path, capsys):
+    """`lip-jax train` of a stage-2 recipe with `--config.data.source=folder`, end to end."""
+    import flax.linen as nn
+    import jax
+
+    from lip_jax.app.config import load_config
+    from lip_jax.cli import main
+    from lip_jax.models import dfvqgan
+    from lip_jax.train.checkpoints import save_params
+
+    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "test_stage2.py")
+    vq = str(tmp_path / "vq")
+    save_params(vq, nn.unbox(dfvqgan.init_params(dfvqgan.from_config(load_config(config).vqgan), jax.random.key(0))))
+    for i in range(8):
+        write_image(tmp_path / "photos" / f"{i}.png", 30 * i, size=(40, 48))
+        (tmp_path / "photos" / f"{i}.txt").write_text(f"photo number {i}\n")
+    rc = main(["train", "--config", config, "--workdir", str(tmp_path / "run"), f"--config.vqgan_ckpt={vq}",
+               "--config.data.source=folder", f"--config.data.source_kwargs.root={tmp_path / 'photos'}",
+               "--config.train.total_steps=2"])
+    assert rc == 0, capsys.readouterr().err[-2000:]
+    assert os.path.isdir(tmp_path / "run" / "params")

@@ -118,3 +118,23 @@ def test_a_second_trainer_on_a_workdir_is_refused_and_a_stale_lock_recovered(tmp
     with faults.WorkdirLock(str(workdir)):
         assert open(workdir / ".lock").read() == f"{socket.gethostname()} {os.getpid()}"
     assert not (workdir / ".lock").exists()
+
+
+def test_checksum_is_the_same_on_host_and_device_and_sees_every_bit():
+    from lip_jax.train import checkpoints as C
+
+    rng = np.random.default_rng(0)
+    leaves = [rng.standard_normal((3, (1 << 20) + 3)).astype(np.float32), rng.standard_normal(77).astype(jax.numpy.bfloat16),
+              rng.integers(0, 9, (5, 7)).astype(np.int32), rng.random(13) > 0.5, jax.random.key(3),
+              rng.integers(0, 255, 31).astype(np.uint8)]
+    for x in leaves:
+        assert C._sum32_host(x) == int(C._sum32(x if isinstance(x, jax.Array) else jax.numpy.asarray(x)))
+    x = leaves[0]
+    base = C._sum32_host(x)
+    for flat_index, bit in ((0, 0), (5, 31), (x.size - 1, 7), ((1 << 20) + 1, 12)):
+        y = x.copy().reshape(-1).view(np.uint32)
+        y[flat_index] ^= np.uint32(1 << bit)
+        assert C._sum32_host(y.view(np.float32)) != base
+    swapped = x.copy().reshape(-1)
+    swapped[[0, 1]] = swapped[[1, 0]]
+    assert C._sum32_host(swapped) != base  # positions count, not only values
