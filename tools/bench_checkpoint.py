@@ -20,7 +20,6 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -74,7 +73,7 @@ def main(argv=None) -> int:
                save_plain_s=save_plain_s, save_verified_s=save_verified_s,
                restore_plain_s=restore_plain_s, restore_verified_s=restore_verified_s,
                backend=jax.default_backend(), devices=jax.device_count(), jax=jax.__version__)
-    print(f"| preset | GB | checksum s | GB/s | save s (plain / with checksums) | restore s (plain / verified) |")
+    print("| preset | GB | checksum s | GB/s | save s (plain / with checksums) | restore s (plain / verified) |")
     print("|---|---|---|---|---|---|")
     print(f"| {args.preset} | {nbytes / 1e9:.2f} | {checksum_s:.2f} | {row['checksum_gb_s']:.2f} | "
           f"{save_plain_s:.1f} / {save_verified_s:.1f} | {restore_plain_s:.1f} / {restore_verified_s:.1f} |")
