@@ -2,8 +2,9 @@
 
 Every command that takes `--config FILE[:arg]` also takes `--config.key.path=value` overrides.
 Exit codes: 0 the work finished; 2 bad input (one line `lip-jax: error: ...`, never a traceback,
-caught before the work starts); 3 training diverged; 75 interrupted (SIGTERM or Ctrl-C) with a
-checkpoint saved: rerun the same command to resume.
+caught before the work starts); 3 training diverged; 74 a checkpoint could not be written (disk
+full; the previous one is intact); 75 interrupted (SIGTERM or Ctrl-C) with a checkpoint saved:
+rerun the same command to resume.
 """
 
 from __future__ import annotations
@@ -146,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     from lip_jax.convert.common import ConversionError
     from lip_jax.data.errors import DataError
     from lip_jax.train.checkpoints import CheckpointError
-    from lip_jax.train.faults import DIVERGED_EXIT, INTERRUPTED_EXIT, ConfigError, Diverged, Interrupted
+    from lip_jax.train.faults import (DIVERGED_EXIT, INTERRUPTED_EXIT, SAVE_FAILED_EXIT, ConfigError, Diverged,
+                                      Interrupted, SaveFailed)
 
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -167,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     except Diverged as e:
         print(f"lip-jax: error: {e}", file=sys.stderr)
         return DIVERGED_EXIT
+    except SaveFailed as e:
+        print(f"lip-jax: error: {e}", file=sys.stderr)
+        return SAVE_FAILED_EXIT
     except ModuleNotFoundError as e:
         if e.name != "torch":
             raise

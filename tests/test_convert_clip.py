@@ -11,7 +11,7 @@ import transformers
 
 import torch_clip as T
 from lip_jax.convert import clip as CC
-from lip_jax.convert.common import ConversionError
+from lip_jax.convert.common import load_torch_checkpoint, ConversionError
 from lip_jax.models import clip as C
 from lip_jax.models.tokenizer import get_tokenizer
 
@@ -81,7 +81,7 @@ def test_torchscript_archive_like_openai_release(ref, tmp_path, how, monkeypatch
     path = str(tmp_path / "ViT-tiny.pt")
     want = _save_torchscript(ref, path, how)
     monkeypatch.setattr(torch.jit, "load", lambda *a, **k: pytest.fail("torch.jit.load called"))
-    got = CC.read_openai_checkpoint(path)  # read as data: keys, order, dtypes and values of state_dict()
+    got = load_torch_checkpoint(path)  # read as data: keys, order, dtypes and values of state_dict()
     assert list(got) == list(want)
     for k, v in want.items():
         assert got[k].dtype == v.numpy().dtype and np.array_equal(got[k], v.numpy()), k

@@ -16,8 +16,7 @@ import torch
 import torch_clip as T
 from lip_jax.app.checkpoints import load_clip_any
 from lip_jax.cli import main
-from lip_jax.convert import clip as CC
-from lip_jax.convert.common import ConversionError
+from lip_jax.convert.common import load_torch_checkpoint, ConversionError
 from lip_jax.models import clip as C
 
 
@@ -145,7 +144,7 @@ def test_rewritten_data_pkl_is_refused(honest, tmp_path, case):
     change, match = _crafted(marker)[case]
     path = _rewrite(honest, tmp_path / "crafted.pt", change)
     with pytest.raises(ConversionError, match=f"crafted\\.pt: TorchScript archive refused: .*{match}"):
-        CC.read_openai_checkpoint(path)
+        load_torch_checkpoint(path)
     assert not marker.exists()
 
 
@@ -158,7 +157,7 @@ def test_rewritten_archive_through_the_cli(honest, tmp_path, capsys):
 
 
 def test_honest_archive_still_reads(honest):
-    state = CC.read_openai_checkpoint(honest)
+    state = load_torch_checkpoint(honest)
     assert state["visual.conv1.weight"].shape == (32, 3, 8, 8) and state["visual.conv1.weight"].dtype == np.float32
 
 

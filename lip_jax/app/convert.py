@@ -129,15 +129,7 @@ def _detect(src: str, to_orbax: bool, config_spec: str | None) -> str:
     if _is_hf_dir(src):
         return "clip"
     if to_orbax:
-        try:
-            keys = list(common.load_torch_checkpoint(src))
-        except common.ConversionError as unreadable:  # OpenAI's TorchScript archive is no pickled dict
-            from lip_jax.convert.clip import read_openai_checkpoint
-
-            try:
-                keys = list(read_openai_checkpoint(src))
-            except Exception:
-                raise unreadable from None
+        keys = list(common.load_torch_checkpoint(src))
         kind = kind_of_torch_keys(keys)
     else:
         keys = list(orbax_template(src))

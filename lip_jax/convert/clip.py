@@ -197,16 +197,6 @@ def read_hf_dir(directory: str) -> tuple[dict, ClipConfig]:
     return hf_to_openai(state, what=directory), hf_config_to_clip(hf_cfg)
 
 
-def read_openai_checkpoint(path: str) -> dict:
-    """OpenAI `.pt`: the TorchScript archive (read as data, never run: lip_jax.convert.torchscript) or a
-    plain state dict (torch.load, weights only)."""
-    from lip_jax.convert import torchscript
-
-    if torchscript.is_torchscript(path):
-        return torchscript.read_state_dict(path)
-    return common.load_torch_checkpoint(path)
-
-
 _HUB_NAME = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
@@ -218,7 +208,7 @@ def load_clip(path: str, cfg=None) -> tuple[dict, ClipConfig]:
     if os.path.isdir(path):
         state, inferred = read_hf_dir(path)
     elif os.path.isfile(path):
-        state = read_openai_checkpoint(path)
+        state = common.load_torch_checkpoint(path)  # TorchScript archives too, as data
         inferred = None
     elif _HUB_NAME.match(path):
         try:

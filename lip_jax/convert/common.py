@@ -139,7 +139,13 @@ def as_numpy(value) -> np.ndarray:
 
 
 def load_torch_checkpoint(path: str) -> dict:
-    """Read a .pth state dict (optionally wrapped as {"model": ...}) memory-mapped, tensors as-is."""
+    """Read a .pth state dict (optionally wrapped as {"model": ...}) memory-mapped, tensors as-is.
+    A TorchScript archive (OpenAI's CLIP) is read through the allow-list reader: every PyTorch file
+    this project reads goes through here, as data."""
+    from lip_jax.convert import torchscript
+
+    if torchscript.is_torchscript(path):
+        return torchscript.read_state_dict(path)
     import torch  # converter extra, not a runtime dependency of the JAX path
 
     try:

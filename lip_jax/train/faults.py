@@ -3,21 +3,25 @@ workdir, SIGTERM and Ctrl-C handled alike (checkpoint, then a non-zero exit), an
 (a step that would make the state non-finite, or whose gradient norm passes a bound, changes
 nothing; a run of such steps ends the run).
 
-Exit codes (lip_jax.cli): 0 finished, 2 bad input, 3 diverged, 75 interrupted with a checkpoint
-saved (rerun the same command to resume).
+Exit codes (lip_jax.cli): 0 finished, 2 bad input, 3 diverged, 74 a checkpoint could not be
+written (disk full, storage gone; the previous checkpoint is intact), 75 interrupted with a
+checkpoint saved (rerun the same command to resume).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 import os
 import signal
 import socket
+import tempfile
 
 import jax
 import jax.numpy as jnp
 
-INTERRUPTED_EXIT, DIVERGED_EXIT = 75, 3
+INTERRUPTED_EXIT, DIVERGED_EXIT, SAVE_FAILED_EXIT = 75, 3, 74
 
 
 class ConfigError(ValueError):
@@ -35,6 +39,48 @@ class Interrupted(Exception):
 
 class Diverged(Exception):
     """Too many consecutive skipped steps."""
+
+
+class SaveFailed(Exception):
+    """A checkpoint could not be written; the ones before it are intact."""
+
+
+def check_writable(workdir: str) -> None:
+    """The workdir exists (or can be made) and takes a file: checked before any work."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"{workdir}: the workdir is a file")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".probe"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{workdir}: cannot write to the workdir ({e.strerror or e})") from None
+
+
+@contextlib.contextmanager
+def saving(manager, step: int, what: str | None = None):
+    """Turn a failed write (disk full, read-only or vanished storage) into one SaveFailed line."""
+    try:
+        yield
+    except (ConfigError, Interrupted, Diverged):
+        raise
+    except Exception as e:
+        cause = _root_oserror(e)
+        reason = (f"{errno.errorcode.get(cause.errno, cause.errno)}: {cause.strerror}" if cause is not None
+                  else f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
+        latest = [s for s in manager.all_steps() if s != step] if what is None else manager.all_steps()
+        raise SaveFailed(f"{what or manager.directory}: writing step {step} failed ({reason}); the last complete "
+                         f"checkpoint is step {max(latest) if latest else 'none'}, intact") from e
+
+
+def _root_oserror(e: BaseException):
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno:
+            return e
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def check_config(config) -> None:

@@ -220,10 +220,8 @@ def train(config, workdir: str, max_steps: int | None = None) -> dict:
         log.setLevel(logging.INFO)
         log.propagate = False
     faults.check_config(config)
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise faults.ConfigError(f"{workdir}: the workdir is a file")
     initialize_distributed(config)
-    os.makedirs(workdir, exist_ok=True)
+    faults.check_writable(workdir)
     with faults.WorkdirLock(workdir), faults.StopSignals() as stop:
         return _train(config, workdir, max_steps, stop)
 
@@ -243,7 +241,7 @@ def _train(config, workdir: str, max_steps: int | None, stop) -> dict:
         manager = ocp.CheckpointManager(
             os.path.abspath(os.path.join(workdir, "checkpoints")),
             options=ocp.CheckpointManagerOptions(max_to_keep=t.keep, save_interval_steps=1,
-                                                 enable_async_checkpointing=True))
+                                                 enable_async_checkpointing=True, cleanup_tmp_directories=True))
         target = jax.tree_util.tree_map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
         restored = restore_latest(manager, target, data_iter)
@@ -300,20 +298,23 @@ def _train(config, workdir: str, max_steps: int | None, stop) -> dict:
                 if save and not bool(jax.device_get(metrics["finite"])):
                     log.warning("step %d: skipped step; no checkpoint written at this step", done)
                 elif save:
-                    manager.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                               data=DataSave(data_iter)),
-                                 custom_metadata={"checksums": checksums(state)})
+                    with faults.saving(manager, done):
+                        manager.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                                   data=DataSave(data_iter)),
+                                     custom_metadata={"checksums": checksums(state)})
                 if stop.signum:
                     break
         finally:
-            manager.wait_until_finished()
-            manager.close()
             progress.close()
             writer.close()
+            with faults.saving(manager, done):  # an asynchronous save's failure surfaces here
+                manager.wait_until_finished()
+            manager.close()
         if stop.signum:
             raise faults.Interrupted(manager.latest_step() or 0, stop.signum)
         if done == total:  # only a finished run leaves inference weights
-            save_params(os.path.join(workdir, PARAMS), task.export(state.params), overwrite=True)
+            with faults.saving(manager, done, what=os.path.join(workdir, PARAMS)):
+                save_params(os.path.join(workdir, PARAMS), task.export(state.params), overwrite=True)
         last["steps_per_s"] = (done - start) / max(time.time() - t0, 1e-9)
         return {"step": done, "metrics": last, "state": state, "skipped_examples": data_iter.skipped}
 
