@@ -94,15 +94,14 @@ def cmd_reconstruct(args) -> None:
     import jax.numpy as jnp
     from PIL import Image
 
-    from lip_jax.convert.dfvqgan import param_template
+    from lip_jax.convert.dfvqgan import load_orbax
     from lip_jax.models import dfvqgan
-    from lip_jax.train.checkpoints import load_params
 
     cfg = load_config(args.config).vqgan
     image = read_image(args.image)
     mask = read_mask(args.mask, image.shape[:2])
     image, mask = to_model_size(image, mask, cfg.resolution, args.image)
-    params = load_params(args.ckpt, param_template(cfg))
+    params = load_orbax(args.ckpt, cfg)
     model = dfvqgan.from_config(cfg)
 
     @jax.jit
