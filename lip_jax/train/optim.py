@@ -124,5 +124,5 @@ def update_count(opt_state) -> jax.Array:
 def group_grad_norms(grads, name: str | None = None) -> dict:
     """{"grad_norm/<group>": L2 norm} for each top-level group of a gradient tree (or one `name`)."""
     if name is not None:
-        return {f"grad_norm/{name}": optax.global_norm(grads)}
-    return {f"grad_norm/{k}": optax.global_norm(v) for k, v in grads.items()}
+        return {f"grad_norm/{name}": optax.tree.norm(grads)}
+    return {f"grad_norm/{k}": optax.tree.norm(v) for k, v in grads.items()}

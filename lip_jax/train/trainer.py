@@ -91,21 +91,23 @@ def _stage1_task(config) -> Task:
         rec, _ = model.apply({"params": state.params}, batch["image"], batch["mask"])
         return _grid([batch["image"], jnp.where(batch["mask"][..., None], 0.0, batch["image"]), rec])
 
-    return Task(init_boxed_state=lambda rng: stage1.init_boxed_state(config, rng),
+    task = Task(init_boxed_state=lambda rng: stage1.init_boxed_state(config, rng),
                 make_step=lambda use_disc: stage1.make_train_step(config, perceptual, use_disc),
                 batch_keys=("image", "mask", "decoder_none"),
                 select=lambda step: step >= config.train.disc_start, preview=jax.jit(preview))
+    task.init_fields = stage1.load_init(config)
+    return task
 
 
 def _stage2_task(config) -> Task:
-    from lip_jax.convert.dfvqgan import param_template
+    from lip_jax.convert.dfvqgan import load_orbax
     from lip_jax.models import dfvqgan
     from lip_jax.sample import sample_tokens
     from lip_jax.train import stage2
 
     if not config.get("vqgan_ckpt"):
         raise CheckpointError("stage 2 needs config.vqgan_ckpt: an orbax DF-VQGAN checkpoint (lip-jax convert)")
-    vq = load_params(config.vqgan_ckpt, param_template(config.vqgan))
+    vq = load_orbax(config.vqgan_ckpt, config.vqgan)  # a stored discriminator is left aside
     codebook = vq["quantize"]["embedding"]["embedding"]
     init_ckpt = config.train.get("init_ckpt")
     vq_model = dfvqgan.from_config(config.vqgan)
@@ -129,7 +131,7 @@ def _stage2_task(config) -> Task:
     task = Task(init_boxed_state=lambda rng: stage2.init_boxed_state(config, rng, codebook),
                 make_step=lambda _: stage2.make_train_step(config),
                 extra=(vq,), batch_keys=("image", "mask", "masked_image", "text_ids"), preview=jax.jit(preview))
-    task.init_params = load_params(init_ckpt) if init_ckpt else None
+    task.init_fields = {"params": load_params(init_ckpt)} if init_ckpt else None
     return task
 
 
@@ -249,8 +251,8 @@ def train(config, workdir: str, max_steps: int | None = None) -> dict:
         shapes, shardings = abstract_state(task, mesh)
         init = jax.jit(lambda r: nn.unbox(task.init_boxed_state(r)), out_shardings=shardings)
         state = init(jax.random.key(config.seed))
-        if getattr(task, "init_params", None) is not None:
-            state = state.replace(params=jax.device_put(task.init_params, shardings.params))
+        for field, tree in (getattr(task, "init_fields", None) or {}).items():  # train.init_ckpt
+            state = state.replace(**{field: jax.device_put(tree, getattr(shardings, field))})
         extra = tuple(jax.device_put(e, partitioning.replicated(mesh)) for e in task.extra)
         data_iter = HostLoader(config)
         manager = ocp.CheckpointManager(
