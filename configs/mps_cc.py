@@ -36,9 +36,11 @@ def build(preset: str) -> ml_collections.ConfigDict:
     c.data = dict(source="cc", source_kwargs=dict(root="", split="train"), image_size=c.mps.img_size,
                   batch_size=8, mask="stage2", augment="stage2", workers=2, seed=42,
                   vae_patch_size=c.mps.vae_patch_size, shards=0)  # shards 0: one per process
+    # optimizer: "transformers_adamw" (official finetune.py) or "optax_adamw"; see lip_jax/train/optim.py.
     c.train = dict(total_steps=1_000_000, lr=5e-4, warmup_fraction=0.05, weight_decay=0.0, grad_accum=1,
                    max_skipped_steps=10, skip_grad_norm=float("inf"),  # divergence guard (lip_jax.train.faults)
-                   max_grad_norm=0.0, init_ckpt="", log_every=50, save_every=5000, sample_every=0, keep=3)
+                   optimizer="transformers_adamw", max_grad_norm=0.0, init_ckpt="", log_details=False,
+                   log_every=50, save_every=5000, sample_every=0, keep=3)
     c.sample = dict(top_k=128, temperature=1.0, num_samples=2, best_n=2)  # official tk, sample_K, best_n
     # `lip-jax eval` of this model (the official lip4maskcoco evaluation settings).
     c.eval = dict(

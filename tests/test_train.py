@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 
@@ -203,3 +204,76 @@ def test_checkpoint_restores_on_another_mesh(tmp_path, vq_ckpt):
     line = [l for l in proc.stdout.splitlines() if l.startswith("step ")][-1]
     assert line.startswith("step 20 sharding ('tensor', 'fsdp')"), line
     assert np.isfinite(float(line.split()[-1]))
+
+
+def test_stage1_starts_from_an_official_training_checkpoint(tmp_path):
+    """Official {"model": Net state dict, "optimizer", "epoch"} -> `lip-jax convert` -> `lip-jax train`
+    with train.init_ckpt: the autoencoder and the discriminator (weights and BatchNorm statistics)
+    continue from the checkpoint."""
+    from lip_jax.cli import main
+    from lip_jax.convert.discriminator import discriminator_from_torch
+    from test_discriminator import official_training_state, write_official_checkpoint
+
+    pth, ckpt = str(tmp_path / "net.pth"), str(tmp_path / "orbax")
+    write_official_checkpoint(pth, seed=5)
+    assert main(["convert", "--kind", "dfvqgan", "--config", STAGE1, "--from", pth, "--to", ckpt]) == 0
+    proc = _cli(tmp_path / "run", STAGE1, f"--config.train.init_ckpt={ckpt}", "--config.train.total_steps=2",
+                "--config.train.disc_start=0", "--config.train.perceptual_weight=0.0",
+                "--config.train.log_every=1", "--config.train.log_details=True")
+    out = proc.communicate(timeout=900)[0]
+    assert proc.returncode == 0, out
+    with ocp.StandardCheckpointer() as ckpt_reader:
+        state = ckpt_reader.restore(os.path.join(str(tmp_path / "run"), "checkpoints", "2", "state"))
+    sd = official_training_state(seed=5)
+    disc = discriminator_from_torch({k[len("discriminator."):]: v for k, v in sd.items() if k.startswith("discriminator.")})
+    # Two Adam steps at lr 1e-4 move each weight by at most ~2e-4; a fresh init differs by ~0.02.
+    for a, b in zip(jax.tree_util.tree_leaves(state["disc_params"]), jax.tree_util.tree_leaves(disc["params"])):
+        assert np.abs(np.asarray(a) - b).max() < 1e-3
+    for name in ("main_3", "main_6", "main_9"):  # 7 in the checkpoint + 3 training passes per step
+        assert int(state["disc_stats"][name]["num_batches_tracked"]) == 13
+    w = np.asarray(state["params"]["decoder"]["conv_out"]["kernel"])
+    ref = sd["decoder.conv_out.weight"].numpy().transpose(2, 3, 1, 0)
+    assert np.abs(w - ref).max() < 1e-3
+    rows = [json.loads(line) for line in open(os.path.join(str(tmp_path / "run"), "metrics.jsonl"))]
+    assert {"lr", "d_loss", "grad_norm/encoder", "grad_norm/decoder", "grad_norm/discriminator"} <= set(rows[-1])
+    assert rows[-1]["lr"] == pytest.approx(2.5e-5 * 4)
+
+
+def test_stage1_rejects_grad_accum():
+    """One rule for both stages: data.batch_size is the batch of one update (lr = base_lr x it)."""
+    from lip_jax.train.faults import ConfigError
+
+    c = load_config(STAGE1)
+    assert stage1.learning_rate(c) == pytest.approx(2.5e-5 * 4)
+    c.train.grad_accum = 2
+    with pytest.raises(ConfigError, match="grad_accum"):
+        stage1.learning_rate(c)
+
+
+def test_step_details_show_lr_and_gradient_norms(vq_ckpt):
+    """`details` adds the learning rate and per-group gradient norms of the update and changes
+    nothing else; the default step does not compute them."""
+    c = load_config(STAGE2)
+    c.train.update(total_steps=40)  # warm-up int(0.05 x 40) = 2 updates
+    vq = load_params(vq_ckpt)
+    state = nn.unbox(stage2.init_boxed_state(c, jax.random.key(0)))
+    rng = np.random.default_rng(0)
+    b = 8
+    image = jnp.asarray(rng.uniform(-1, 1, (b, 32, 32, 3)).astype(np.float32))
+    mask = jnp.asarray(rng.uniform(size=(b, 32, 32)) < 0.5)
+    batch = dict(image=image, mask=mask, masked_image=jnp.where(mask[..., None], 0.0, image),
+                 text_ids=jnp.asarray(rng.integers(0, 259, (b, 24)), jnp.int32))
+    plain = jax.jit(stage2.make_train_step(c))
+    detailed = jax.jit(stage2.make_train_step(c, details=True))
+    s1, m1 = plain(state, vq, batch)
+    s2, m2 = detailed(state, vq, batch)
+    assert not any(k.startswith(("grad_norm", "lr")) for k in m1)
+    for x, y in zip(jax.tree_util.tree_leaves((s1.params, s1.opt)), jax.tree_util.tree_leaves((s2.params, s2.opt))):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert float(m2["lr"]) == 0.0  # first update of the warm-up
+    # After one update the first moment is (1 - b1) x gradient.
+    for group, mu in s2.opt.mu.items():
+        want = float(optax.tree.norm(mu)) / 0.1
+        assert float(m2[f"grad_norm/{group}"]) == pytest.approx(want, rel=1e-5), group
+    _, m3 = detailed(s2, vq, batch)
+    assert float(m3["lr"]) == pytest.approx(c.train.lr / 2)

@@ -18,33 +18,14 @@ import functools
 import json
 import os
 import zlib
-from typing import Mapping
 
 import jax
 import numpy as np
 
 from lip_jax.app.config import UsageError
-from lip_jax.train.checkpoints import CheckpointError, load_params, load_part, resolve
+from lip_jax.train.checkpoints import CheckpointError, load_params, load_part, orbax_template, resolve
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
-
-
-def orbax_template(path: str):
-    """Shapes and dtypes of a stored orbax tree, read from its metadata (no array is loaded)."""
-    import orbax.checkpoint as ocp
-
-    path = resolve(path)
-    if not os.path.isdir(path):
-        raise CheckpointError(f"{path}: no such checkpoint directory")
-    try:
-        with ocp.StandardCheckpointer() as ckpt:
-            meta = ckpt.metadata(os.path.abspath(path)).item_metadata
-    except Exception as e:  # orbax raises many types for a foreign or truncated directory
-        raise CheckpointError(f"{path}: not a readable orbax checkpoint ({type(e).__name__}: {e})") from e
-    meta = getattr(meta, "tree", meta)
-    if not isinstance(meta, Mapping):
-        raise CheckpointError(f"{path}: not an orbax parameter tree")
-    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), dict(meta))
 
 
 def to_local(tree):

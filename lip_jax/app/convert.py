@@ -3,7 +3,8 @@
 The direction follows `--from`: a file (or a Hugging Face CLIP directory) is read as PyTorch and
 written as an orbax directory; an orbax directory is written back as a PyTorch `.pth`.
 
-  dfvqgan    official `{"model": DFVQGAN state dict}` (epoch14-chunk-0.pth) <-> DF-VQGAN params
+  dfvqgan    official `{"model": DFVQGAN state dict}` (epoch14-chunk-0.pth) <-> DF-VQGAN params; a
+             stage-1 training Net's `discriminator.*` come along (orbax: a "discriminator" entry)
   lip        official NUWA-LIP `{"model": ...}` (vae.model.*, MP-S2S, clip_sim.*)
              <-> {"mps", "vqgan", "clip" (if the file has clip_sim)}
   clip       OpenAI ViT-B-32.pt (TorchScript or state dict) or HF CLIPModel dir <-> CLIP params;
@@ -20,7 +21,7 @@ from __future__ import annotations
 import os
 import re
 
-from lip_jax.app.checkpoints import clip_config_of, load_orbax, orbax_template
+from lip_jax.app.checkpoints import clip_config_of, load_orbax, orbax_template, to_local
 from lip_jax.app.config import UsageError, load_config
 from lip_jax.app.outputs import check_dir, check_file, distinct
 
@@ -171,10 +172,12 @@ def _torch_to_orbax(kind: str, src: str, dst: str, args) -> None:
     if os.path.exists(dst) and not overwrite:  # checked in run(); kept for direct callers
         raise CheckpointError(f"{dst}: already exists, refusing to overwrite")
     if kind == "dfvqgan":
-        from lip_jax.convert.dfvqgan import dfvqgan_from_torch
+        from lip_jax.convert.dfvqgan import training_from_torch
 
         cfg = _model_config(args, kind).vqgan
-        tree = dfvqgan_from_torch(common.load_torch_checkpoint(src), cfg, what=src)
+        tree, n_lpips = training_from_torch(common.load_torch_checkpoint(src), cfg, what=src)
+        if n_lpips:
+            print(f"left out {n_lpips} perceptual_loss.* keys (the frozen LPIPS: --kind lpips)")
     elif kind == "lip":
         from lip_jax.convert.clip import clip_from_openai, infer_config
         from lip_jax.convert.mps2s import lip_from_torch
@@ -220,11 +223,11 @@ def _orbax_to_torch(kind: str, src: str, dst: str, args) -> None:
 
     wrap = kind in ("dfvqgan", "lip")  # the official releases are {"model": state_dict}
     if kind == "dfvqgan":
-        from lip_jax.convert.dfvqgan import dfvqgan_to_torch, param_template
+        from lip_jax.convert import dfvqgan as conv_vq
 
         cfg = _model_config(args, kind).vqgan
-        # load_orbax checks every leaf against the config (cfg=None: no second template)
-        state = dfvqgan_to_torch(load_orbax(src, param_template(cfg)), None, what=src)
+        # checked leaf by leaf against the config on load; the discriminator, if stored, comes along
+        state = conv_vq.training_to_torch(*to_local(conv_vq.load_orbax(src, cfg, with_discriminator=True)), what=src)
     elif kind == "lip":
         from lip_jax.convert import dfvqgan as conv_vq
         from lip_jax.convert import mps2s as conv_mps

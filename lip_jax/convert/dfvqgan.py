@@ -58,3 +58,52 @@ def dfvqgan_to_torch(params: Mapping, cfg=None, what: str = "DF-VQGAN") -> dict:
         got = common.expected_torch_shapes(nn.unbox(params), SHAPE_RULES, KEY_RULES)
         common.check_keys({k: s for k, (_, s) in expected.items()}, {k: s for k, (_, s) in got.items()}, what)
     return common.flax_to_torch(nn.unbox(params), what, SHAPE_RULES, KEY_RULES)
+
+
+# A converted stage-1 training checkpoint: the DF-VQGAN params as above, plus this top-level entry
+# {"params", "batch_stats"} (lip_jax.convert.discriminator). Readers of DF-VQGAN weights take both.
+DISCRIMINATOR = "discriminator"
+
+
+def load_orbax(path: str, cfg, with_discriminator: bool = False):
+    """DF-VQGAN params from an orbax directory, strict against `cfg`; with `with_discriminator`,
+    (params, discriminator tree or None)."""
+    from lip_jax.convert import discriminator as conv_disc
+    from lip_jax.train.checkpoints import CheckpointError, load_params, orbax_template
+
+    stored = orbax_template(path)
+    template = dict(param_template(cfg))
+    disc = stored.get(DISCRIMINATOR) if isinstance(stored, Mapping) else None
+    if disc is not None:
+        try:
+            size = conv_disc.size_of_tree(disc)
+        except common.ConversionError as e:
+            raise CheckpointError(f"{path}: unreadable '{DISCRIMINATOR}' entry ({e})") from e
+        template[DISCRIMINATOR] = conv_disc.template(*size)
+    tree = dict(load_params(path, template))
+    disc = tree.pop(DISCRIMINATOR, None)
+    return (tree, disc) if with_discriminator else tree
+
+
+def training_from_torch(state: Mapping, cfg, what: str = "DF-VQGAN") -> tuple[dict, int]:
+    """Official DFVQGAN or stage-1 training `Net` state dict -> the orbax tree `lip-jax convert`
+    writes: DF-VQGAN params, plus DISCRIMINATOR when the state has `discriminator.*` keys.
+    Returns (tree, number of `perceptual_loss.*` keys left out: the frozen LPIPS, converted on its
+    own with --kind lpips)."""
+    from lip_jax.convert import discriminator as conv_disc
+
+    rest, disc, lpips = conv_disc.split(state)
+    tree = common.torch_to_flax(rest, param_template(cfg), what, SHAPE_RULES, KEY_RULES)
+    if disc:
+        tree[DISCRIMINATOR] = conv_disc.discriminator_from_torch(disc, what=f"{what} discriminator")
+    return tree, len(lpips)
+
+
+def training_to_torch(params: Mapping, disc: Mapping | None, what: str = "DF-VQGAN") -> dict:
+    """Inverse of `training_from_torch` (without LPIPS): `discriminator.*` keys when `disc` is given."""
+    from lip_jax.convert import discriminator as conv_disc
+
+    state = dfvqgan_to_torch(params, None, what)
+    if disc is not None:
+        state.update({conv_disc.PREFIX + k: v for k, v in conv_disc.discriminator_to_torch(disc, what).items()})
+    return state

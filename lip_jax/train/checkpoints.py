@@ -135,27 +135,31 @@ def _is_orbax(path: str) -> bool:
         os.path.join(path, "_METADATA"))
 
 
-def stored_keys(directory: str) -> list[str]:
-    """Top-level names of a stored parameter tree (metadata only)."""
-    directory = os.path.abspath(resolve(directory))
+def orbax_template(path: str):
+    """Shapes and dtypes of a stored orbax tree, read from its metadata (no array is loaded)."""
+    directory = os.path.abspath(resolve(path))
     if not os.path.isdir(directory):
-        raise CheckpointError(f"{directory}: no such checkpoint directory")
+        raise CheckpointError(f"{path}: no such checkpoint directory")
     try:
         with ocp.StandardCheckpointer() as ckpt:
             meta = ckpt.metadata(directory).item_metadata
     except Exception as e:  # orbax raises many types for a foreign or truncated directory
-        raise CheckpointError(f"{directory}: not a readable orbax checkpoint ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"{path}: not a readable orbax checkpoint ({type(e).__name__}: {e})") from e
     meta = getattr(meta, "tree", meta)
-    return sorted(meta) if hasattr(meta, "keys") else []
+    if not hasattr(meta, "keys"):
+        raise CheckpointError(f"{path}: not an orbax parameter tree")
+    return jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), dict(meta))
 
 
 def load_part(path: str, part: str, template):
-    """The `part` subtree ("mps" or "vqgan") of a stage-2 tree, or the whole tree when it is that
-    model alone: stage 2 takes a stage-1 output or a stage-2 output as its DF-VQGAN, alike."""
-    keys = stored_keys(path)
-    if {"mps", "vqgan"} <= set(keys):
+    """The `part` subtree ("mps" or "vqgan") of a stage-2 tree, or the model alone: stage 2 takes a
+    stage-1 output or a stage-2 output as its DF-VQGAN alike. Entries stored beside the model
+    (the discriminator of a converted stage-1 training checkpoint) are not read."""
+    keys = set(orbax_template(path))
+    if {"mps", "vqgan"} <= keys:
         return load_params(path, {part: nn.unbox(template)}, partial=True)[part]
-    return load_params(path, template)
+    template = nn.unbox(template)
+    return load_params(path, template, partial=bool(keys - set(template)))
 
 
 def load_params(directory: str, template=None, partial: bool = False):

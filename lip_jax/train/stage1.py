@@ -2,15 +2,17 @@
 
 Per batch, as the official trainer: a generator (autoencoder) update with L1 + LPIPS + codebook +
 adaptive-weight hinge-GAN losses, then, once the discriminator is on, a discriminator update on a
-fresh reconstruction by the updated autoencoder. Both Adam, betas (0.5, 0.9), learning rate
-4.5e-6 x global batch. A step with a non-finite loss leaves the state untouched (and says so).
+fresh reconstruction by the updated autoencoder. Both `torch.optim.Adam` (= optax.adam: eps 1e-8
+added to the bias-corrected root), betas (0.5, 0.9), learning rate 4.5e-6 x the batch of one update
+(official `gradient_accumulate_steps x train_batch_size x learning_rate`: here `data.batch_size` is
+the batch of one update, and stage 1 has no gradient accumulation). A step with a non-finite loss
+leaves the state untouched (and says so).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -18,6 +20,7 @@ import optax
 
 from lip_jax.models import dfvqgan
 from lip_jax.models.discriminator import NLayerDiscriminator
+from lip_jax.train.optim import group_grad_norms
 
 Perceptual = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]  # (x, y, rng) -> [B] distances
 
@@ -34,8 +37,16 @@ class State:
 
 
 def learning_rate(cfg) -> float:
-    """Official: base rate x global batch x gradient accumulation."""
-    return cfg.train.base_lr * cfg.data.batch_size * cfg.train.get("grad_accum", 1)
+    """Official: base rate x the examples of one update (`data.batch_size`, as in stage 2, where
+    `grad_accum` only splits that batch into microbatches)."""
+    if int(cfg.train.get("grad_accum", 1)) != 1:
+        from lip_jax.train.faults import ConfigError
+
+        # Per microbatch the adaptive GAN weight and the BatchNorm statistics would differ from
+        # the official per-batch ones; a smaller batch is the honest alternative.
+        raise ConfigError("train.grad_accum must be 1 in stage 1 (no gradient accumulation there); "
+                         "data.batch_size is the batch of one update")
+    return cfg.train.base_lr * cfg.data.batch_size
 
 
 def optimizer(cfg) -> optax.GradientTransformation:
@@ -62,6 +73,41 @@ def init_boxed_state(cfg, rng: jax.Array) -> State:
                  disc_stats=dstats, disc_opt=tx.init(dparams), rng=k_state)
 
 
+def load_init(cfg) -> dict | None:
+    """`train.init_ckpt` -> the state fields to start from: an orbax DF-VQGAN checkpoint (`lip-jax
+    convert --kind dfvqgan` of an official model or stage-1 training checkpoint, or `export_tree`),
+    with its discriminator (weights and running statistics) when it holds one. Optimizer moments
+    start at zero (the official Adam states are not converted)."""
+    path = cfg.train.get("init_ckpt")
+    if not path:
+        return None
+    from lip_jax.convert import dfvqgan as conv_vq
+    from lip_jax.convert.discriminator import size_of_tree
+    from lip_jax.train.checkpoints import CheckpointError
+
+    params, disc = conv_vq.load_orbax(path, cfg.vqgan, with_discriminator=True)
+    fields = {"params": params}
+    if disc is None:
+        import logging
+
+        logging.getLogger("lip_jax.train").warning("%s holds no discriminator: it starts from random weights", path)
+        return fields
+    want = (int(cfg.train.disc_ndf), int(cfg.train.disc_layers))
+    if size_of_tree(disc) != want:
+        raise CheckpointError(f"{path}: discriminator (ndf, n_layers) = {size_of_tree(disc)}, the config has "
+                              f"train.disc_ndf, train.disc_layers = {want}")
+    fields.update(disc_params=disc["params"], disc_stats=disc["batch_stats"])
+    return fields
+
+
+def export_tree(state: State) -> dict:
+    """The orbax tree of `load_init` / `lip-jax convert --kind dfvqgan` (orbax -> .pth gives the
+    official Net keys, discriminator included) from a train state: `save_params(dir, export_tree(s))`."""
+    from lip_jax.convert.dfvqgan import DISCRIMINATOR
+
+    return {**state.params, DISCRIMINATOR: {"params": state.disc_params, "batch_stats": state.disc_stats}}
+
+
 def lpips_distance(cfg, lpips_params) -> Perceptual:
     """The LPIPS perceptual loss; its head dropout is active, as in the official training (the
     trainer's `model.train()` also switches the frozen LPIPS into training mode)."""
@@ -85,9 +131,16 @@ def _last_layer(tree):
     return tree["decoder"]["conv_out"]["kernel"]
 
 
-def make_train_step(cfg, perceptual: Perceptual, use_disc: bool):
+def make_train_step(cfg, perceptual: Perceptual, use_disc: bool, details: bool | None = None):
     """(state, batch) -> (state, metrics). `use_disc` is static: before the discriminator starts,
-    neither the GAN loss nor the discriminator is computed (official disc_factor = 0)."""
+    neither the GAN loss nor the discriminator is computed (official disc_factor = 0).
+
+    metrics: loss and its terms (rec_loss, p_loss, q_loss, g_loss, d_weight, d_loss), finite. With
+    `details` (default `train.log_details`), also `lr` and `grad_norm/<group>` (each top-level
+    parameter group and the discriminator) of the update: a separate compiled step, so the
+    default one does not compute them."""
+    if details is None:
+        details = bool(cfg.train.get("log_details", False))
     model = dfvqgan.from_config(cfg.vqgan)
     disc = NLayerDiscriminator(ndf=cfg.train.disc_ndf, n_layers=cfg.train.disc_layers)
     tx = optimizer(cfg)
@@ -131,6 +184,8 @@ def make_train_step(cfg, perceptual: Perceptual, use_disc: bool):
         params = optax.apply_updates(state.params, updates)
         metrics = dict(loss=loss, rec_loss=aux["rec_loss"], p_loss=aux["p_loss"], q_loss=q_loss,
                        g_loss=g_loss, d_weight=d_weight)
+        if details:
+            metrics.update(lr=jnp.asarray(learning_rate(cfg), jnp.float32), **group_grad_norms(grads))
         dparams, dstats, dopt = state.disc_params, aux["dstats"], state.disc_opt
         if use_disc:
             x = batch["image"]
@@ -146,6 +201,8 @@ def make_train_step(cfg, perceptual: Perceptual, use_disc: bool):
             dupd, dopt = tx.update(dgrads, state.disc_opt, dparams)
             dparams, dstats = optax.apply_updates(dparams, dupd), dstats_new
             metrics["d_loss"] = d_loss
+            if details:
+                metrics.update(group_grad_norms(dgrads, "discriminator"))
             loss = loss + d_loss
         finite = jnp.isfinite(loss)
         # A non-finite step changes no weight and no optimizer moment; step and rng move on.

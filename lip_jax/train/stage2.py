@@ -2,9 +2,11 @@
 
 A frozen DF-VQGAN turns the ground truth (with the stage-2 mask) into target tokens; the
 transformer sees the known tokens, the defective image and the caption, and is trained with
-cross-entropy on the hole tokens only. AdamW (the official `transformers.AdamW`: eps 1e-8, no weight
-decay) under a linear schedule with 5% warm-up; gradient accumulation over microbatches inside
-the step; dropout on; a non-finite step changes nothing.
+cross-entropy on the hole tokens only. The official optimizer, `transformers.AdamW` (eps 1e-8, no
+weight decay; its update rule in `lip_jax.train.optim`), under `get_linear_schedule_with_warmup`
+with int(5% x total) warm-up steps; `train.optimizer = "optax_adamw"` selects optax's AdamW
+instead (eps inside the bias-corrected root). Gradient accumulation over microbatches inside the
+step; dropout on; a non-finite step changes nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import optax
 
 from lip_jax.models import dfvqgan, mps2s
 from lip_jax.sharding import constrain_batch
+from lip_jax.train import optim
+
+OPTIMIZERS = ("transformers_adamw", "optax_adamw")
 
 
 @flax.struct.dataclass
@@ -28,12 +33,25 @@ class State:
     rng: jax.Array
 
 
+def schedule(cfg):
+    """Learning rate of update k (0-based): official linear warm-up over int(fraction x total)
+    updates, then linear decay to 0 at `total_steps`."""
+    t = cfg.train
+    return optim.linear_warmup_schedule(t.lr, optim.official_warmup_steps(t.warmup_fraction, t.total_steps),
+                                        t.total_steps)
+
+
 def optimizer(cfg) -> optax.GradientTransformation:
     t = cfg.train
-    warmup = max(1, int(round(t.warmup_fraction * t.total_steps)))
-    schedule = optax.join_schedules([optax.linear_schedule(0.0, t.lr, warmup),
-                                     optax.linear_schedule(t.lr, 0.0, max(1, t.total_steps - warmup))], [warmup])
-    tx = optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=t.get("weight_decay", 0.0))
+    name, wd = t.get("optimizer", "transformers_adamw"), t.get("weight_decay", 0.0)
+    if name == "transformers_adamw":
+        tx = optim.transformers_adamw(schedule(cfg), b1=0.9, b2=0.999, eps=1e-8, weight_decay=wd)
+    elif name == "optax_adamw":
+        tx = optax.adamw(schedule(cfg), b1=0.9, b2=0.999, eps=1e-8, weight_decay=wd)
+    else:
+        from lip_jax.train.faults import ConfigError
+
+        raise ConfigError(f"train.optimizer={name!r}: choose from {', '.join(OPTIMIZERS)}")
     if t.get("max_grad_norm"):
         tx = optax.chain(optax.clip_by_global_norm(t.max_grad_norm), tx)
     return tx
@@ -69,8 +87,15 @@ def targets(vq_model: dfvqgan.DFVQGAN, vq_params, image: jax.Array, mask: jax.Ar
     return jax.lax.stop_gradient(tokens), enc["skip_masks"][-1].reshape(image.shape[0], -1)
 
 
-def make_train_step(cfg):
-    """(state, vq_params, batch) -> (state, metrics); batch keys: image, mask, masked_image, text_ids."""
+def make_train_step(cfg, details: bool | None = None):
+    """(state, vq_params, batch) -> (state, metrics); batch keys: image, mask, masked_image, text_ids.
+
+    metrics: loss, accuracy, hole_tokens, finite. With `details` (default `train.log_details`), also
+    `lr` (of this update) and `grad_norm/<group>` (each top-level parameter group, before any
+    clipping): a separate compiled step, so the default one does not compute them."""
+    if details is None:
+        details = bool(cfg.train.get("log_details", False))
+    lr_of = schedule(cfg)
     mcfg = mps_config(cfg)
     model = mps2s.MPS2S(mcfg)
     vq_model = dfvqgan.from_config(cfg.vqgan)
@@ -115,6 +140,9 @@ def make_train_step(cfg):
         finite = jnp.isfinite(loss)
         keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
         new = State(step=state.step + 1, params=keep(params, state.params), opt=keep(opt, state.opt), rng=rng)
-        return new, dict(loss=loss, accuracy=correct / denom, hole_tokens=holes, finite=finite)
+        metrics = dict(loss=loss, accuracy=correct / denom, hole_tokens=holes, finite=finite)
+        if details:
+            metrics.update(lr=lr_of(optim.update_count(state.opt)), **optim.group_grad_norms(grads))
+        return new, metrics
 
     return step

@@ -93,10 +93,12 @@ def _stage1_task(config) -> Task:
         rec, _ = model.apply({"params": state.params}, batch["image"], batch["mask"])
         return _grid([batch["image"], jnp.where(batch["mask"][..., None], 0.0, batch["image"]), rec])
 
-    return Task(init_boxed_state=lambda rng: stage1.init_boxed_state(config, rng),
+    task = Task(init_boxed_state=lambda rng: stage1.init_boxed_state(config, rng),
                 make_step=lambda use_disc: stage1.make_train_step(config, perceptual, use_disc),
                 batch_keys=("image", "mask", "decoder_none"),
                 select=lambda step: step >= config.train.disc_start, preview=jax.jit(preview))
+    task.init_fields = stage1.load_init(config)
+    return task
 
 
 def _stage2_task(config) -> Task:
@@ -134,7 +136,7 @@ def _stage2_task(config) -> Task:
     if init_ckpt:
         from lip_jax.convert.mps2s import param_template as mps_template
 
-        task.init_params = load_part(init_ckpt, "mps", mps_template(mcfg))
+        task.init_fields = {"params": load_part(init_ckpt, "mps", mps_template(mcfg))}
     task.export = lambda params: {"mps": params, "vqgan": vq}
     return task
 
@@ -234,8 +236,8 @@ def _train(config, workdir: str, max_steps: int | None, stop) -> dict:
         shapes, shardings = abstract_state(task, mesh)
         init = jax.jit(lambda r: nn.unbox(task.init_boxed_state(r)), out_shardings=shardings)
         state = init(jax.random.key(config.seed))
-        if getattr(task, "init_params", None) is not None:
-            state = state.replace(params=jax.device_put(task.init_params, shardings.params))
+        for field, tree in (getattr(task, "init_fields", None) or {}).items():  # train.init_ckpt
+            state = state.replace(**{field: jax.device_put(tree, getattr(shardings, field))})
         extra = tuple(jax.device_put(e, partitioning.replicated(mesh)) for e in task.extra)
         data_iter = HostLoader(config)
         manager = ocp.CheckpointManager(
