@@ -140,7 +140,33 @@ def _enable_compilation_cache() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
+def _collect_background_errors() -> list:
+    """Errors raised in background threads (orbax's writers after a failed save raise hundreds,
+    one per pending write) are gathered and reported in one line instead of as tracebacks."""
+    import threading
+
+    import logging
+
+    errors: list = []
+    sys.unraisablehook = lambda u: errors.append(u.exc_value)
+    threading.excepthook = lambda a: errors.append(a.exc_value)
+    # orbax logs each failed background write with its traceback through absl; the command's own
+    # one-line error names the cause.
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
+    return errors
+
+
 def main(argv: list[str] | None = None) -> int:
+    background = _collect_background_errors()
+    rc = _main(argv)
+    if background:
+        first = " ".join(str(background[0]).split())[:200]
+        print(f"lip-jax: note: {len(background)} error(s) in background threads (first: "
+              f"{type(background[0]).__name__}: {first})", file=sys.stderr)
+    return rc
+
+
+def _main(argv: list[str] | None) -> int:
     import importlib
 
     from lip_jax.app.config import UsageError, split_overrides

@@ -58,14 +58,17 @@ def check_writable(workdir: str) -> None:
 
 
 @contextlib.contextmanager
-def saving(manager, step: int, what: str | None = None):
-    """Turn a failed write (disk full, read-only or vanished storage) into one SaveFailed line."""
+def saving(manager, step: int, what: str | None = None, any_error: bool = True):
+    """Turn a failed write (disk full, read-only or vanished storage) into one SaveFailed line;
+    `any_error=False`: only failures rooted in an OSError (logs), others stay bugs."""
     try:
         yield
-    except (ConfigError, Interrupted, Diverged):
+    except (ConfigError, Interrupted, Diverged, SaveFailed):
         raise
     except Exception as e:
         cause = _root_oserror(e)
+        if cause is None and not any_error:
+            raise
         reason = (f"{errno.errorcode.get(cause.errno, cause.errno)}: {cause.strerror}" if cause is not None
                   else f"{type(e).__name__}: {' '.join(str(e).split())[:200]}")
         latest = [s for s in manager.all_steps() if s != step] if what is None else manager.all_steps()

@@ -291,11 +291,13 @@ def _train(config, workdir: str, max_steps: int | None, stop) -> dict:
                     if bad:
                         log.warning("steps %d-%d: %d skipped (non-finite or over the gradient-norm bound); "
                                     "those updates changed nothing", done - n_acc + 1, done, bad)
-                    writer.scalars(done, last)
+                    with faults.saving(manager, done, what=os.path.join(workdir, "metrics.jsonl"), any_error=False):
+                        writer.scalars(done, last)
                     progress.update(done, last)
                     acc, n_acc = None, 0
                 if t.get("sample_every") and done % t.sample_every == 0 and task.preview is not None:
-                    writer.image(done, jax.device_get(task.preview(state, batch, *extra)))
+                    with faults.saving(manager, done, what=os.path.join(workdir, "samples"), any_error=False):
+                        writer.image(done, jax.device_get(task.preview(state, batch, *extra)))
                 save = done % t.save_every == 0 or done == end or stop.signum
                 if save and not bool(jax.device_get(metrics["finite"])):
                     log.warning("step %d: skipped step; no checkpoint written at this step", done)
@@ -308,7 +310,8 @@ def _train(config, workdir: str, max_steps: int | None, stop) -> dict:
                     break
         finally:
             progress.close()
-            writer.close()
+            with faults.saving(manager, done, what=os.path.join(workdir, "tb"), any_error=False):
+                writer.close()
             with faults.saving(manager, done):  # an asynchronous save's failure surfaces here
                 manager.wait_until_finished()
             manager.close()
