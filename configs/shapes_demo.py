@@ -20,10 +20,10 @@ from lip_jax.app.config import load_config
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SIZE, TOKEN = 32, 4  # image side, VQ token side (pixels)
 VQGAN = dict(resolution=SIZE, in_channels=3, out_ch=3, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
-             attn_resolutions=(8,), z_channels=16, n_e=128, e_dim=16, beta=0.25, legacy=False)
+             attn_resolutions=(), z_channels=16, n_e=256, e_dim=16, beta=0.25, legacy=False)
 # Smooth backgrounds; stage 1 sees busy scenes (up to 9 objects) so that the colours are common
 # enough for the codebook to learn them in a few hundred steps; stage 2 one object per scene.
-SHAPES = dict(num_examples=50_000, image_size=SIZE, seed=0, max_objects=1, texture=0.0)
+SHAPES = dict(num_examples=50_000, image_size=SIZE, seed=0, max_objects=1, texture=0.0, object_scale=2.0)
 
 
 def stage1() -> ml_collections.ConfigDict:
@@ -31,11 +31,11 @@ def stage1() -> ml_collections.ConfigDict:
     c.seed = 0
     c.vqgan = ml_collections.ConfigDict(VQGAN)
     c.data.source = "shapes"
-    c.data.source_kwargs = dict(SHAPES, max_objects=9)  # assigned, not merged
-    c.data.update(image_size=SIZE, batch_size=8, mask="stage1", augment="none", workers=0, seed=0)
+    c.data.source_kwargs = dict(SHAPES, max_objects=3, object_hole=TOKEN)  # assigned, not merged
+    c.data.update(image_size=SIZE, batch_size=8, mask="source", augment="none", workers=0, seed=0)
     # No LPIPS (its VGG weights cannot ship) and no GAN: L1 + codebook are enough for flat shapes.
     c.train.update(total_steps=500, base_lr=2e-4, disc_start=10**9, perceptual_weight=0.0, log_every=25,
-                   save_every=250, sample_every=250, keep=1)
+                   save_every=500, sample_every=0, keep=1)
     return c
 
 
@@ -52,7 +52,7 @@ def stage2() -> ml_collections.ConfigDict:
     c.data.source_kwargs = dict(SHAPES, object_hole=TOKEN)
     c.data.update(image_size=SIZE, batch_size=16, mask="source", augment="none", workers=0, seed=0,
                   vae_patch_size=TOKEN)
-    c.train.update(total_steps=600, lr=2e-3, log_every=25, save_every=200, sample_every=200, keep=1)
+    c.train.update(total_steps=600, lr=2e-3, log_every=25, save_every=600, sample_every=0, keep=1)
     c.sample.update(top_k=8, temperature=1.0, num_samples=1)
     c.eval.update(sample_K=1, best_n=1, top_k=8, batch_size=16)
     return c

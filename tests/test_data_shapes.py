@@ -46,3 +46,21 @@ def test_dominant_of_background_is_none():
         for o in objects:
             background &= ~object_region(o, size, pad=4)
         assert dominant(image, background) == (None, None)
+
+
+def test_object_scale_grows_the_shapes_and_keeps_the_captions():
+    import pytest
+
+    from lip_jax.data import DataError
+
+    plain, big = Shapes(20, 32, seed=1, max_objects=1), Shapes(20, 32, seed=1, max_objects=1, object_scale=2.0)
+    for i in range(20):
+        a, b = shapes_lib.scene(1, i, 1)[0], shapes_lib.scene(1, i, 1, scale=2.0)[0]
+        assert plain[i]["text"] == big[i]["text"] and (a.colour, a.shape, a.size) == (b.colour, b.shape, b.size)
+        assert np.isclose(b.box[2] - b.box[0], 2 * (a.box[2] - a.box[0]))
+        assert 0 <= b.box[0] and b.box[2] <= 1 and 0 <= b.box[1] and b.box[3] <= 1
+        # The reader stays exact on the ground truth at the demo's size (32 px) with big shapes.
+        assert dominant(big[i]["image"], object_region(b, 32)) == (b.colour, b.shape)
+    for bad in (0.0, -1.0, 4.0):
+        with pytest.raises(DataError, match="scale"):
+            Shapes(5, 32, object_scale=bad)

@@ -48,8 +48,11 @@ class Shape:
         return f"a {self.size} {self.colour} {self.shape} {PLACES[self.cell]}"
 
 
-def scene(seed: int, index: int, max_objects: int = 3) -> list[Shape]:
-    """The objects of scene (seed, index): 1..max_objects shapes in distinct grid cells."""
+def scene(seed: int, index: int, max_objects: int = 3, scale: float = 1.0) -> list[Shape]:
+    """The objects of scene (seed, index): 1..max_objects shapes in distinct grid cells; `scale`
+    multiplies every object's side (the caption's size word is unchanged)."""
+    if not 0 < scale <= 1 / max(SIZES.values()):
+        raise DataError(f"shapes: object scale must be in (0, {1 / max(SIZES.values()):.2f}], got {scale}")
     rng = np.random.default_rng((seed, index, 0))
     n = int(rng.integers(1, max_objects + 1))
     cells = rng.permutation(9)[:n]
@@ -57,7 +60,7 @@ def scene(seed: int, index: int, max_objects: int = 3) -> list[Shape]:
     for cell in cells:
         row, col = divmod(int(cell), 3)
         size = ("small", "large")[int(rng.integers(2))]
-        side = SIZES[size]
+        side = SIZES[size] * scale
         # Centre jitters inside its cell but the shape never leaves the image.
         cx = float(np.clip((col + 0.5 + rng.uniform(-0.2, 0.2)) / 3, side / 2, 1 - side / 2))
         cy = float(np.clip((row + 0.5 + rng.uniform(-0.2, 0.2)) / 3, side / 2, 1 - side / 2))
@@ -108,11 +111,13 @@ class Shapes:
     """Random-access source of synthetic captioned scenes (`shapes`)."""
 
     def __init__(self, num_examples: int = 10_000, image_size: int = 256, seed: int = 0,
-                 max_objects: int = 3, object_hole: int = 0, texture: float = 1.0):
+                 max_objects: int = 3, object_hole: int = 0, texture: float = 1.0, object_scale: float = 1.0):
         """object_hole > 0: each example also has a `mask` (True = hole) covering one of its objects,
         its box grown by a random margin and snapped outwards to a grid of `object_hole` pixels (the
         VQ token size), so the hole hides the object entirely and only the caption tells what it was.
-        texture: strength of the background's stripes and noise (0: a smooth tinted gradient)."""
+        texture: strength of the background's stripes and noise (0: a smooth tinted gradient).
+        object_scale: multiplies every object's side (e.g. 2 for objects several VQ tokens wide at a
+        small image size; the captions still say "small" / "large")."""
         if num_examples <= 0 or image_size <= 0:
             raise DataError(f"shapes: num_examples and image_size must be positive, "
                             f"got {num_examples} and {image_size}")
@@ -120,7 +125,8 @@ class Shapes:
             raise DataError(f"shapes: object_hole must be 0 or divide image_size {image_size}, got {object_hole}")
         self.num_examples, self.image_size = num_examples, image_size
         self.seed, self.max_objects, self.object_hole = seed, max_objects, object_hole
-        self.texture = float(texture)
+        self.texture, self.object_scale = float(texture), float(object_scale)
+        scene(seed, 0, max_objects, self.object_scale)  # checks the scale
 
     def __len__(self) -> int:
         return self.num_examples
@@ -128,7 +134,7 @@ class Shapes:
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.num_examples:
             raise IndexError(index)
-        objects = scene(self.seed, index, self.max_objects)
+        objects = scene(self.seed, index, self.max_objects, self.object_scale)
         example = {"image": render(objects, self.seed, index, self.image_size, self.texture),
                    "text": caption(objects), "id": f"shapes/{self.seed}/{index}"}
         if self.object_hole:
@@ -141,7 +147,7 @@ class Shapes:
     def __repr__(self) -> str:
         return (f"Shapes(num_examples={self.num_examples}, image_size={self.image_size}, "
                 f"seed={self.seed}, max_objects={self.max_objects}, object_hole={self.object_hole}, "
-                f"texture={self.texture})")
+                f"texture={self.texture}, object_scale={self.object_scale})")
 
 
 def object_mask(obj: Shape, size: int, grid: int, margin: float = 0.0) -> np.ndarray:
