@@ -153,6 +153,7 @@ def _collect_background_errors() -> list:
     # orbax logs each failed background write with its traceback through absl; the command's own
     # one-line error names the cause.
     logging.getLogger("absl").setLevel(logging.CRITICAL)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # its "Task exception was never retrieved"
     return errors
 
 

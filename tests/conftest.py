@@ -7,3 +7,22 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+import pytest  # noqa: E402
+
+STAGE2 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "test_stage2.py")
+
+
+@pytest.fixture(scope="module")
+def vq_ckpt(tmp_path_factory):
+    """A random `reduced` DF-VQGAN saved as orbax: the frozen model of the tiny stage-2 runs."""
+    import flax.linen as nn
+
+    from lip_jax.app.config import load_config
+    from lip_jax.models import dfvqgan
+    from lip_jax.train.checkpoints import save_params
+
+    path = str(tmp_path_factory.mktemp("vq") / "dfvqgan")
+    cfg = load_config(STAGE2).vqgan
+    save_params(path, nn.unbox(dfvqgan.init_params(dfvqgan.from_config(cfg), jax.random.key(7))))
+    return path

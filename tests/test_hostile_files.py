@@ -188,3 +188,28 @@ def test_no_code_loading_calls_in_the_package():
                         or (fn == "torch.load" and not weights_only)):
                     bad.append(f"{os.path.relpath(path, root)}:{node.lineno}: {fn} {unsafe_kw}")
     assert not bad, bad
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_a_pickle_payload_is_refused_without_advice_to_load_it_unsafely(tmp_path, capsys, zip_format):
+    import pickle
+
+    import torch
+
+    marker, path = tmp_path / "ran", tmp_path / "evil.pth"
+    if zip_format:
+        torch.save({"w": _Payload(marker)}, path)
+    else:
+        path.write_bytes(pickle.dumps({"w": _Payload(marker)}, protocol=4))
+    assert main(["convert", "--from", str(path), "--to", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "evil.pth: refused: the file holds objects other than tensors" in err[0], err
+    assert "weights_only" not in err[0] and not marker.exists()

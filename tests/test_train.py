@@ -18,21 +18,12 @@ import pytest
 from lip_jax.app.config import load_config
 from lip_jax.models import dfvqgan
 from lip_jax.train import stage1, stage2
-from lip_jax.train.checkpoints import load_params, save_params
+from lip_jax.train.checkpoints import load_params
 from lip_jax.train.trainer import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGE1 = os.path.join(REPO, "configs", "test_stage1.py")
 STAGE2 = os.path.join(REPO, "configs", "test_stage2.py")
-
-
-@pytest.fixture(scope="module")
-def vq_ckpt(tmp_path_factory):
-    """A random `reduced` DF-VQGAN saved as orbax: the frozen model of the stage-2 runs."""
-    path = str(tmp_path_factory.mktemp("vq") / "dfvqgan")
-    cfg = load_config(STAGE2).vqgan
-    save_params(path, nn.unbox(dfvqgan.init_params(dfvqgan.from_config(cfg), jax.random.key(7))))
-    return path
 
 
 def logged(workdir, key):

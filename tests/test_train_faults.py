@@ -6,7 +6,6 @@ import glob
 import os
 import socket
 
-import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -14,21 +13,12 @@ import pytest
 
 from lip_jax.app.config import load_config
 from lip_jax.cli import main
-from lip_jax.models import dfvqgan
 from lip_jax.train import faults
 from lip_jax.train.checkpoints import CheckpointError, load_params, save_params
 from lip_jax.train.trainer import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGE2 = os.path.join(REPO, "configs", "test_stage2.py")
-
-
-@pytest.fixture(scope="module")
-def vq_ckpt(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("vq") / "dfvqgan")
-    cfg = load_config(STAGE2).vqgan
-    save_params(path, nn.unbox(dfvqgan.init_params(dfvqgan.from_config(cfg), jax.random.key(7))))
-    return path
 
 
 @pytest.mark.parametrize("override,match", [

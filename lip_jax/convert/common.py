@@ -10,6 +10,7 @@ model-specific rule.
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
@@ -149,9 +150,22 @@ def load_torch_checkpoint(path: str) -> dict:
     import torch  # converter extra, not a runtime dependency of the JAX path
 
     try:
-        obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        with warnings.catch_warnings():  # torch's warnings about the file's format: the error says it
+            warnings.simplefilter("ignore")
+            try:
+                obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            except RuntimeError as e:  # files from before torch's zip format cannot be memory-mapped
+                if "mmap can only be used" not in str(e):
+                    raise
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # zip archive unreadable, pickle of foreign objects, truncated file
-        raise ConversionError(f"{path}: cannot read as a PyTorch checkpoint ({type(e).__name__}: {e})") from e
+        text = " ".join(str(e).split())
+        unsafe = re.search(r"(Unsupported global: GLOBAL [\w.]+|Unsupported operand \d+|Unsupported class [\w.]+)", text)
+        if "Weights only load failed" in text:  # never repeat torch's advice to load it unsafely
+            raise ConversionError(f"{path}: refused: the file holds objects other than tensors"
+                                  + (f" ({unsafe.group(1)})" if unsafe else "") + "; it is not loaded, as "
+                                  "unpickling it could run code") from None
+        raise ConversionError(f"{path}: cannot read as a PyTorch checkpoint ({type(e).__name__}: {text[:300]})") from e
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping):
