@@ -112,7 +112,7 @@ def _grid(rows: list[list[np.ndarray]], labels: list[list[str]], scale: int = 6,
           header: list[str] | None = None) -> np.ndarray:
     """uint8 grid: one row per scene, each cell upscaled (nearest) and captioned underneath;
     `header`: one title per column above the first row."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     cell = rows[0][0].shape[0] * scale
     font = _font(15)
