@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import torch_dfvqgan as TD
+from lip_jax.convert import torch_dfvqgan as TD
 import torch_discriminator as T
 from lip_jax.app.config import load_config
 from lip_jax.cli import main
