@@ -182,12 +182,14 @@ def evaluate(cfg, inpainter, count: int) -> tuple[dict, np.ndarray]:
         results[which] = pixels
         name = {"true": "true_caption", "counter": "counterfactual_caption"}[which]
         keep = ~data["mask"][..., None]
+        exact = bool(np.all(np.where(keep, pasted == data["image"], True)))
+        pasted_db = float(np.mean(psnr_outside_hole(pasted.astype(np.float32), image, data["mask"])))
         report[name] = {
             "follows": follow_rates(pixels, data["mask"], data[which]),
             "psnr_outside_hole": float(np.mean(psnr_outside_hole(pixels.astype(np.float32), image, data["mask"]))),
-            "psnr_outside_hole_pasted": float(np.mean(psnr_outside_hole(pasted.astype(np.float32), image,
-                                                                        data["mask"]))),
-            "pasted_exact_outside_hole": bool(np.all(np.where(keep, pasted == data["image"], True))),
+            # null when identical (infinite PSNR): report.json stays strict JSON.
+            "psnr_outside_hole_pasted": None if exact or not np.isfinite(pasted_db) else pasted_db,
+            "pasted_exact_outside_hole": exact,
         }
         _say(f"demo: inpainted {count} images with the {name.replace('_', ' ')} "
              f"({time.perf_counter() - t0:.1f} s)")
@@ -202,8 +204,8 @@ def evaluate(cfg, inpainter, count: int) -> tuple[dict, np.ndarray]:
     return report, _grid(rows, labels, header=header)
 
 
-def _db(v: float) -> str:
-    return "inf (exact)" if v == float("inf") else f"{v:.1f}"
+def _db(v: float | None) -> str:
+    return "inf (exact)" if v is None or v == float("inf") else f"{v:.1f}"
 
 
 def report_markdown(report: dict) -> str:
