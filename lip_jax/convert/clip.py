@@ -1,7 +1,7 @@
 """OpenAI CLIP weights <-> lip_jax.models.clip.CLIP parameters (strict, both directions).
 
 Sources read by `load_clip`:
-  * OpenAI's `ViT-B-32.pt` TorchScript archive (the tensors of `torch.jit.load(...).state_dict()`, read
+  * OpenAI's `ViT-B-32.pt` TorchScript archive (the tensors of its state dict, read
     as data by lip_jax.convert.torchscript without running the archive; fp16 weights are cast to
     float32) or a plain OpenAI state dict (`.pt` / `.pth`);
   * a Hugging Face `CLIPModel` directory (`config.json` + `model.safetensors` or `pytorch_model.bin`),

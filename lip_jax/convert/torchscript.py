@@ -1,11 +1,11 @@
 """Weights out of a TorchScript archive (OpenAI's `ViT-B-32.pt`) without torch.jit and without running it.
 
-`torch.jit.load` runs code from the file (a module's TorchScript `__setstate__`). Here the archive is
+Loading with `torch.jit` runs code from the file (a module's TorchScript `__setstate__`). Here the archive is
 read as data: `<name>/data.pkl` is unpickled with an allow-list (tensor rebuilds, storage types,
 OrderedDict, TorchScript's list helpers, and an inert placeholder for every `__torch__.*` class), the
 tensors are numpy arrays cut from the `<name>/data/<key>` storage bytes, and the parameter and buffer
 names of each module class are read as literal lists from its `code/` source, which is never run.
-The result is what `torch.jit.load(path).state_dict()` gives, as numpy arrays.
+The result is what torch.jit's loader and `.state_dict()` give, as numpy arrays.
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ def is_torchscript(path: str) -> bool:
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
-    """`torch.jit.load(path).state_dict()` as numpy arrays, read as data; anything else is refused."""
+    """The state dict torch.jit's loader would give, as numpy arrays, read as data; anything else is refused."""
     try:
         with zipfile.ZipFile(path) as archive:
             pkls = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
