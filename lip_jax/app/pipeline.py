@@ -231,8 +231,9 @@ def sampling(config, num_samples=None, top_k=None, temperature=None) -> tuple[in
     k = int(sample.get("num_samples", 2) if num_samples is None else num_samples)
     top_k = int(sample.get("top_k", 128) if top_k is None else top_k)
     temperature = float(sample.get("temperature", 1.0) if temperature is None else temperature)
-    if k < 1 or top_k < 1 or not temperature > 0:
-        raise UsageError(f"need num_samples >= 1, top_k >= 1, temperature > 0 (got {k}, {top_k}, {temperature})")
+    if k < 1 or top_k < 1 or not 0 < temperature < float("inf"):
+        raise UsageError(f"need num_samples >= 1, top_k >= 1, a finite temperature > 0 "
+                         f"(got {k}, {top_k}, {temperature})")
     return k, top_k, temperature
 
 
