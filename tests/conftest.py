@@ -3,6 +3,9 @@ import os
 # Parity tests compare float32 results: keep XLA on full-precision matmuls and one host device
 # unless a test asks for more.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The CLI keeps compiled programs in ~/.cache/lip-jax; tests calling it (in process or as
+# subprocesses) must neither write the user's cache nor run faster on a warm one than in CI.
+os.environ["LIP_JAX_CACHE_DIR"] = ""
 
 import jax  # noqa: E402
 

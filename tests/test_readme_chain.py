@@ -41,7 +41,6 @@ def user_dir(tmp_path, monkeypatch):
         Image.fromarray(ex["mask"].astype(np.uint8) * 255).save(tmp_path / "evalset" / "mask" / f"{i:04d}.mask.png")
         (tmp_path / "evalset" / "guidance" / f"{i:04d}.txt").write_text(ex["text"] + "\n")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("LIP_JAX_CACHE_DIR", str(tmp_path / "xla"))
     return tmp_path, photo, hole > 0
 
 
