@@ -227,7 +227,7 @@ def _orbax_to_torch(kind: str, src: str, dst: str, args) -> None:
 
         cfg = _model_config(args, kind).vqgan
         # checked leaf by leaf against the config on load; the discriminator, if stored, comes along
-        state = conv_vq.training_to_torch(*to_local(conv_vq.load_orbax(src, cfg, with_discriminator=True)), what=src)
+        state = conv_vq.training_to_torch(*to_local(conv_vq.load_with_discriminator(src, cfg)), what=src)
     elif kind == "lip":
         from lip_jax.convert import dfvqgan as conv_vq
         from lip_jax.convert import mps2s as conv_mps

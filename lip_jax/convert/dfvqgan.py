@@ -65,9 +65,9 @@ def dfvqgan_to_torch(params: Mapping, cfg=None, what: str = "DF-VQGAN") -> dict:
 DISCRIMINATOR = "discriminator"
 
 
-def load_orbax(path: str, cfg, with_discriminator: bool = False):
-    """DF-VQGAN params from an orbax directory, strict against `cfg`; with `with_discriminator`,
-    (params, discriminator tree or None)."""
+def load_with_discriminator(path: str, cfg):
+    """(DF-VQGAN params, discriminator tree or None) from an orbax directory, strict against `cfg`.
+    The DF-VQGAN alone is read by lip_jax.train.checkpoints.load_part (stage 2, reconstruct)."""
     from lip_jax.convert import discriminator as conv_disc
     from lip_jax.train.checkpoints import CheckpointError, load_params, orbax_template
 
@@ -82,7 +82,7 @@ def load_orbax(path: str, cfg, with_discriminator: bool = False):
         template[DISCRIMINATOR] = conv_disc.template(*size)
     tree = dict(load_params(path, template))
     disc = tree.pop(DISCRIMINATOR, None)
-    return (tree, disc) if with_discriminator else tree
+    return tree, disc
 
 
 def training_from_torch(state: Mapping, cfg, what: str = "DF-VQGAN") -> tuple[dict, int]:

@@ -85,7 +85,7 @@ def load_init(cfg) -> dict | None:
     from lip_jax.convert.discriminator import size_of_tree
     from lip_jax.train.checkpoints import CheckpointError
 
-    params, disc = conv_vq.load_orbax(path, cfg.vqgan, with_discriminator=True)
+    params, disc = conv_vq.load_with_discriminator(path, cfg.vqgan)
     fields = {"params": params}
     if disc is None:
         import logging
