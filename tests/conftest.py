@@ -29,3 +29,13 @@ def vq_ckpt(tmp_path_factory):
     cfg = load_config(STAGE2).vqgan
     save_params(path, nn.unbox(dfvqgan.init_params(dfvqgan.from_config(cfg), jax.random.key(7))))
     return path
+
+
+@pytest.fixture
+def gcs():
+    """A local GCS emulator for this test (tests/object_store.py): `gcs.root` is a `gs://` URL that
+    orbax and etils.epath write to, `gcs.env` the variables a child process needs to reach it."""
+    from object_store import gcs_emulator
+
+    with gcs_emulator() as emulator:
+        yield emulator
