@@ -90,6 +90,65 @@ class GcsEmulator:
             return r.read()
 
 
+def _generation(storage, bucket: str, name: str) -> str:
+    from gcp_storage_emulator.exceptions import NotFound
+
+    try:
+        return str(storage.get_file_obj(bucket, name)["generation"])
+    except NotFound:
+        return "0"  # GCS's generation of an absent object
+
+
+def _patch_emulator() -> None:
+    """Two things of the real service the emulator lacks and tensorstore relies on: every media read
+    names its object's generation (`x-goog-generation`: OCDBT's manifest reads fail as a "Malformed
+    StorageGeneration" without it), and writes and deletes honour `ifGenerationMatch` (412 when the
+    object changed; 0 = must not exist), the conditional writes OCDBT commits its manifest with."""
+    from http import HTTPStatus
+
+    from gcp_storage_emulator import server
+    from gcp_storage_emulator.handlers import objects
+
+    if getattr(objects, "_lip_jax_patched", False):
+        return
+    download, insert, delete = objects.download, objects.insert, objects.delete
+
+    def precondition(request, response, storage, name) -> bool:
+        want = request.query.get("ifGenerationMatch")
+        if want and name and _generation(storage, request.params["bucket_name"], name) != want[0]:
+            response.status = HTTPStatus.PRECONDITION_FAILED
+            response.json({"error": {"code": 412, "message": "Precondition Failed"}})
+            return False
+        return True
+
+    def download_with_generation(request, response, storage, *args, **kwargs):
+        generation = _generation(storage, request.params["bucket_name"], request.params["object_id"])
+        not_match = request.query.get("ifGenerationNotMatch")
+        if not_match and generation != "0" and not_match[0] == generation:
+            response.status = HTTPStatus.NOT_MODIFIED
+            return None
+        download(request, response, storage, *args, **kwargs)
+        if response.status in (HTTPStatus.OK, HTTPStatus.PARTIAL_CONTENT):
+            response["x-goog-generation"] = generation
+            response["x-goog-metageneration"] = "1"
+
+    def insert_if(request, response, storage, *args, **kwargs):
+        name = (request.query.get("name") or [None])[0]
+        if precondition(request, response, storage, name):
+            insert(request, response, storage, *args, **kwargs)
+
+    def delete_if(request, response, storage, *args, **kwargs):
+        if precondition(request, response, storage, request.params["object_id"]):
+            delete(request, response, storage, *args, **kwargs)
+
+    swap = {download: download_with_generation, insert: insert_if, delete: delete_if}
+    objects.download, objects.insert, objects.delete = download_with_generation, insert_if, delete_if
+    for _, methods in server.HANDLERS:  # the routes hold the functions themselves
+        for method, fn in methods.items():
+            methods[method] = swap.get(fn, fn)
+    objects._lip_jax_patched = True
+
+
 def _reset_clients() -> None:
     """Forget cached gcsfs instances: each holds the endpoint it was created with (a previous
     test's emulator) and a listing cache."""
@@ -114,6 +173,7 @@ def gcs_emulator(prefix: str = "test"):
     from gcp_storage_emulator.storage import Storage
 
     logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)  # 404s are expected answers
+    _patch_emulator()
     storage = Storage(use_memory_fs=True)
     bucket = f"lip-jax-{uuid.uuid4().hex[:12]}"
     buckets.create_bucket(bucket, storage)

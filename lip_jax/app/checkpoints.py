@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import zlib
 
 import jax
 import numpy as np
 
 from lip_jax.app.config import UsageError
+from lip_jax.paths import PathLike, path as as_path
 from lip_jax.train.checkpoints import CheckpointError, load_params, load_part, orbax_template, resolve
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -37,7 +37,7 @@ def to_local(tree):
     return jax.tree.map(one, tree)
 
 
-def load_orbax(path: str, template=None):
+def load_orbax(path: PathLike, template=None):
     """An orbax tree as numpy; `template` (shapes) is checked strictly, else the stored shapes are
     used, which also works on several processes (orbax needs a target there)."""
     return to_local(load_params(path, orbax_template(path) if template is None else template))
@@ -77,16 +77,16 @@ def _as_json(cfg) -> str:
     return json.dumps(cfg, sort_keys=True, default=list)
 
 
-def load_lip(path: str, mps_cfg, vq_cfg) -> dict:
+def load_lip(path: PathLike, mps_cfg, vq_cfg) -> dict:
     """NUWA-LIP weights -> {"mps", "vqgan"[, "clip": (params, ClipConfig)]} as numpy.
 
     `path`: a stage-2 workdir or its `params/`, an orbax {mps, vqgan[, clip]} from `lip-jax convert`,
     or the official `.pth` (its `clip_sim` reranker becomes "clip")."""
     from lip_jax.convert.common import ConversionError
 
-    if not os.path.exists(path):
+    if not as_path(path).exists():
         raise CheckpointError(f"{path}: no such checkpoint file or directory")
-    if os.path.isdir(path):
+    if as_path(path).is_dir():
         stored = orbax_template(path)
         if not {"mps", "vqgan"} <= set(stored):
             raise CheckpointError(f"{path}: expected NUWA-LIP weights (a stage-2 workdir, or an orbax tree with "
@@ -112,16 +112,16 @@ def load_lip(path: str, mps_cfg, vq_cfg) -> dict:
             cfg = infer_config(clip_sim)
             out["clip"] = (clip_from_openai(clip_sim, cfg, what=f"{path} clip_sim"), cfg)
     except ConversionError as e:
-        raise ConversionError(str(e) if path in str(e) else f"{path}: {e}") from e
+        raise ConversionError(str(e) if str(path) in str(e) else f"{path}: {e}") from e
     return out
 
 
-def load_vqgan(path: str, vq_cfg):
+def load_vqgan(path: PathLike, vq_cfg):
     """DF-VQGAN params from a stage-1 workdir / params, a stage-2 output (its DF-VQGAN), an orbax
     directory from `lip-jax convert`, or the official `.pth`."""
     from lip_jax.convert.dfvqgan import param_template
 
-    if os.path.isfile(path):
+    if as_path(path).is_file():
         from lip_jax.convert import common
         from lip_jax.convert.dfvqgan import dfvqgan_from_torch
 
@@ -129,13 +129,13 @@ def load_vqgan(path: str, vq_cfg):
     return to_local(load_part(path, "vqgan", param_template(vq_cfg)))
 
 
-def load_clip_any(path: str, preset=None):
+def load_clip_any(path: PathLike, preset=None):
     """(params, ClipConfig) from an OpenAI file, an HF directory or hub name, or an orbax directory."""
     from lip_jax.convert.clip import load_clip
     from lip_jax.convert.common import ConversionError
 
     try:
-        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        if as_path(path).is_dir() and not (as_path(path) / "config.json").is_file():
             params = load_orbax(path)
             return params, clip_config_of(params, preset)
         return load_clip(path, preset)
@@ -149,17 +149,17 @@ def load_lpips_any(spec: str):
     """LPIPS params: an orbax directory, one merged `.pth`, or `VGG16.pth,HEADS.pth`."""
     from lip_jax.convert.lpips import load_lpips_params, param_template
 
-    if os.path.isdir(spec):
+    if as_path(spec).is_dir():
         return load_orbax(spec, param_template())
     vgg, _, heads = spec.partition(",")
     return load_lpips_params(vgg, heads or None)
 
 
-def load_inception_any(path: str):
+def load_inception_any(path: PathLike):
     """pytorch-fid Inception: `.pth` or an orbax {params, batch_stats} directory."""
     from lip_jax.convert.inception import load_inception_variables
 
-    if os.path.isdir(path):
+    if as_path(path).is_dir():
         tree = load_orbax(path)
         if set(tree) != {"params", "batch_stats"}:
             raise CheckpointError(f"{path}: expected an orbax tree {{params, batch_stats}}, got {sorted(tree)}")
@@ -170,32 +170,37 @@ def load_inception_any(path: str):
 _CHUNK = 8 << 20
 
 
-def fingerprint(path: str) -> str:
+def fingerprint(path: PathLike) -> str:
     """A checksum of a checkpoint's content: CRC-32 streamed in 8 MiB chunks over a file's bytes, or
     over every file of a directory (an orbax tree; a training workdir stands for its `params/`), each
     as its relative name, size and bytes, in sorted order. "crc32:XXXXXXXX:BYTES"; the same weights
     copied elsewhere give the same value, other weights at the same path another one."""
-    if not os.path.exists(path):
+    p = as_path(path)
+    if not p.exists():
         raise CheckpointError(f"{path}: no such checkpoint file or directory")
-    root = resolve(path) if os.path.isdir(path) else path
-    if os.path.isdir(root):
-        files = []
-        for d, dirs, names in os.walk(root):
-            dirs.sort()
-            files += [os.path.join(d, n) for n in names]
-        files = sorted(files, key=lambda f: os.path.relpath(f, root))
-    else:
-        files = [root]
+    root = resolve(p) if p.is_dir() else p
+    is_dir = root.is_dir()
     crc, total = 0, 0
     try:
+        files = sorted(_files(root), key=lambda f: f.relative_to(root).as_posix()) if is_dir else [root]
         for f in files:
-            if os.path.isdir(root):
-                rel = os.path.relpath(f, root).replace(os.sep, "/")
-                crc = zlib.crc32(f"{rel}\0{os.path.getsize(f)}\0".encode("utf-8", "surrogateescape"), crc)
-            with open(f, "rb") as fh:
+            if is_dir:
+                rel = f.relative_to(root).as_posix()
+                crc = zlib.crc32(f"{rel}\0{f.stat().length}\0".encode("utf-8", "surrogateescape"), crc)
+            with f.open("rb") as fh:
                 while chunk := fh.read(_CHUNK):
                     crc = zlib.crc32(chunk, crc)
                     total += len(chunk)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
     return f"crc32:{crc:08x}:{total}"
+
+
+def _files(root):
+    """Every file under `root`, local or in an object store (epath's walk yields gs:// folders
+    without their scheme, and its rglob refuses gs://)."""
+    for child in root.iterdir():
+        if child.is_dir():
+            yield from _files(child)
+        else:
+            yield child

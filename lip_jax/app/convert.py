@@ -24,6 +24,7 @@ import re
 from lip_jax.app.checkpoints import clip_config_of, load_orbax, orbax_template, to_local
 from lip_jax.app.config import UsageError, load_config
 from lip_jax.app.outputs import check_dir, check_file, distinct
+from lip_jax.paths import is_url, path as as_path
 
 KINDS = ("dfvqgan", "lip", "clip", "lpips", "inception")
 
@@ -62,7 +63,7 @@ def kind_of_orbax_keys(keys) -> str | None:
 
 
 def _is_hf_dir(path: str) -> bool:
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json"))
+    return as_path(path).is_dir() and (as_path(path) / "config.json").is_file()
 
 
 # --- the command ----------------------------------------------------------------------------------
@@ -71,9 +72,9 @@ def run(args) -> None:
     from lip_jax.convert.common import ConversionError
 
     src, dst = args.src, args.dst
-    if not os.path.exists(src):
+    if not as_path(src).exists():
         raise UsageError(f"{src}: no such file or directory")
-    to_orbax = os.path.isfile(src) or _is_hf_dir(src)
+    to_orbax = as_path(src).is_file() or _is_hf_dir(src)
     _check_destination(src, dst, to_orbax, args)  # before any weight is read
     kind = args.kind or _detect(src, to_orbax, args.config)
     if args.only and not (kind == "lip" and to_orbax):
@@ -105,8 +106,9 @@ def _check_destination(src: str, dst: str, to_orbax: bool, args) -> None:
         if heads_out:
             check_file(heads_out, "--heads", overwrite, make_parents=True)
         return
-    if os.path.lexists(dst):
-        if not os.path.isdir(dst):
+    out = as_path(dst)
+    if out.exists() or (not is_url(dst) and os.path.lexists(dst)):
+        if not out.is_dir():
             raise CheckpointError(f"{dst}: already exists and is a file; --to of an orbax conversion is a "
                                   f"directory")
         if not overwrite:
@@ -115,12 +117,12 @@ def _check_destination(src: str, dst: str, to_orbax: bool, args) -> None:
         if not _is_orbax_dir(dst):
             raise CheckpointError(f"{dst}: already exists and is not an orbax checkpoint; not replaced, even "
                                   f"with --overwrite")
-    # orbax writes a temporary directory beside --to and renames it
-    check_dir(os.path.dirname(os.path.abspath(dst)), "--to", shown=dst)
+    # orbax writes a temporary directory beside --to and renames it (on gs://, into --to itself)
+    check_dir(out.parent, "--to", shown=dst)
 
 
 def _is_orbax_dir(path: str) -> bool:
-    return any(os.path.isfile(os.path.join(path, f)) for f in ("_CHECKPOINT_METADATA", "_METADATA"))
+    return any((as_path(path) / f).is_file() for f in ("_CHECKPOINT_METADATA", "_METADATA"))
 
 
 def _detect(src: str, to_orbax: bool, config_spec: str | None) -> str:
@@ -169,7 +171,7 @@ def _torch_to_orbax(kind: str, src: str, dst: str, args) -> None:
     from lip_jax.train.checkpoints import CheckpointError, save_params
 
     overwrite = getattr(args, "overwrite", False)
-    if os.path.exists(dst) and not overwrite:  # checked in run(); kept for direct callers
+    if as_path(dst).exists() and not overwrite:  # checked in run(); kept for direct callers
         raise CheckpointError(f"{dst}: already exists, refusing to overwrite")
     if kind == "dfvqgan":
         from lip_jax.convert.dfvqgan import training_from_torch
@@ -276,15 +278,19 @@ def _orbax_to_torch(kind: str, src: str, dst: str, args) -> None:
 
 
 def _save_torch(state, path: str, wrap: bool) -> None:
-    """Write through a temporary file, so an interrupted conversion leaves no half file."""
+    """Write through a temporary file, so an interrupted conversion leaves no half file (an object
+    store's upload is whole or absent by itself)."""
     from lip_jax.convert.common import save_torch_checkpoint
 
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    out = as_path(path)
+    if is_url(out):
+        save_torch_checkpoint(state, out, wrap_model=wrap)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
     try:
         save_torch_checkpoint(state, tmp, wrap_model=wrap)
-        os.replace(tmp, path)
+        tmp.replace(out)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp.exists():
+            tmp.unlink()

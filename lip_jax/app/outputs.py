@@ -5,6 +5,8 @@ is a writable directory and an existing file is replaced only with `--overwrite`
 (`eval --out`, resumable; `convert --to DIR`): it can be created or written. Writability is tested
 by creating and deleting a temporary file, which fails at once on a read-only filesystem or a
 folder without permission (a `UsageError`, one line), instead of minutes later inside a writer.
+An object-store URL (`gs://bucket/out`) is checked and written through epath: its folders are
+prefixes that need not exist, and writability is a probe object written and deleted.
 """
 
 from __future__ import annotations
@@ -12,12 +14,28 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+import uuid
+
+from etils import epath
 
 from lip_jax.app.config import UsageError
+from lip_jax.paths import PathLike, is_url, path as as_path
 
 
-def _probe(directory: str, flag: str, path: str) -> None:
-    """Create and delete a temporary file in `directory` (an existing directory)."""
+def _probe(directory: epath.Path, flag: str, path: PathLike) -> None:
+    """Create and delete a temporary file in `directory` (an existing directory, or any prefix of an
+    object store, where folders need not exist)."""
+    if is_url(directory):
+        probe = directory / f".lip-jax-probe-{uuid.uuid4().hex}"
+        try:
+            probe.write_bytes(b"")
+        except Exception as e:  # gcsfs and friends raise their own types (HttpError, ...): any is a no
+            raise UsageError(f"{flag} {path}: cannot write in {directory} ({_reason(e)})") from None
+        try:
+            probe.unlink()
+        except Exception:
+            pass
+        return
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".lip-jax-probe-")
     except OSError as e:
@@ -30,64 +48,112 @@ def _probe(directory: str, flag: str, path: str) -> None:
         pass
 
 
-def _existing_ancestor(directory: str) -> str:
+def _reason(e: Exception) -> str:
+    text = " ".join(str(e).split())[:200]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _existing_ancestor(directory: epath.Path) -> epath.Path:
+    if is_url(directory):
+        return directory  # an object store creates no folders: a prefix is written into directly
     d = directory
-    while not os.path.exists(d):
-        parent = os.path.dirname(d)
-        if parent == d:
+    while not d.exists():
+        if d.parent == d:
             break
-        d = parent
+        d = d.parent
     return d
 
 
-def check_file(path: str, flag: str, overwrite: bool = False, make_parents: bool = False) -> None:
+def check_file(path: PathLike, flag: str, overwrite: bool = False, make_parents: bool = False) -> None:
     """An output file: its folder is a writable directory (or, with `make_parents`, can be created
-    under a writable one); an existing file only with `overwrite`; never an existing directory."""
+    under a writable one); an existing file only with `overwrite`; never an existing directory.
+    A URL's folder is a prefix, writable if an object can be written there."""
     if not path:
         raise UsageError(f"{flag}: empty path")
-    if os.path.isdir(path):
+    p = as_path(path)
+    if p.is_dir():
         raise UsageError(f"{flag} {path}: is a directory, expected a file name")
-    if os.path.lexists(path) and not overwrite:
+    if (p.exists() or (not is_url(p) and os.path.lexists(p))) and not overwrite:
         raise UsageError(f"{flag} {path}: already exists; pass --overwrite to replace it")
-    parent = os.path.dirname(os.path.abspath(path))
-    if make_parents:
+    parent = p.parent
+    if make_parents or is_url(p):
         base = _existing_ancestor(parent)
-        if not os.path.isdir(base):
+        if not is_url(base) and not base.is_dir():
             raise UsageError(f"{flag} {path}: {base} is not a directory")
         _probe(base, flag, path)
         return
-    if not os.path.isdir(parent):
-        what = "is not a directory" if os.path.exists(parent) else "no such directory"
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "no such directory"
         raise UsageError(f"{flag} {path}: {parent}: {what}")
     _probe(parent, flag, path)
 
 
-def check_dir(path: str, flag: str, shown: str | None = None) -> None:
+def check_dir(path: PathLike, flag: str, shown: str | None = None) -> None:
     """An output directory that may exist (resumable): it is a writable directory, or it can be
     created (its nearest existing ancestor is a writable directory). Nothing is left behind.
     `shown`: the path the user gave, when `path` is derived from it (the folder of --to)."""
     shown = shown or path
     if not path:
         raise UsageError(f"{flag}: empty path")
-    path = os.path.abspath(path)
-    if os.path.exists(path):
-        if not os.path.isdir(path):
-            raise UsageError(f"{flag} {shown}: {path} exists and is not a directory")
-        _probe(path, flag, shown)
+    p = as_path(path)
+    if is_url(p):
+        if p.is_file():
+            raise UsageError(f"{flag} {shown}: {p} exists and is not a directory")
+        _probe(p, flag, shown)
         return
-    base = _existing_ancestor(path)
-    if not os.path.isdir(base):
+    if p.exists():
+        if not p.is_dir():
+            raise UsageError(f"{flag} {shown}: {p} exists and is not a directory")
+        _probe(p, flag, shown)
+        return
+    base = _existing_ancestor(p)
+    if not base.is_dir():
         raise UsageError(f"{flag} {shown}: {base} is not a directory")
     _probe(base, flag, shown)
 
 
-def distinct(*pairs: tuple[str | None, str]) -> None:
+def distinct(*pairs: tuple[PathLike | None, str]) -> None:
     """Two outputs of one command are not the same file."""
     seen: dict[str, str] = {}
     for path, flag in pairs:
         if not path:
             continue
-        key = os.path.realpath(path)
+        key = str(as_path(path)) if is_url(path) else os.path.realpath(path)
         if key in seen:
             raise UsageError(f"{flag} {path}: the same file as {seen[key]}")
         seen[key] = flag
+
+
+def save_image(image, dest: PathLike) -> None:
+    """A uint8 image at `dest` in the format its extension names, local or in an object store (PIL
+    alone would write a URL as a local `gs:/...` file)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    im = Image.fromarray(np.asarray(image))
+    if not is_url(dest):
+        im.save(dest)
+        return
+    ext = as_path(dest).suffix.lower()
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None:
+        raise ValueError(f"unknown file extension: {ext}")
+    buf = io.BytesIO()
+    im.save(buf, format=fmt)
+    as_path(dest).write_bytes(buf.getvalue())
+
+
+def save_npy(array, dest: PathLike) -> None:
+    """`np.save` at `dest`, local or in an object store."""
+    import io
+
+    import numpy as np
+
+    if not is_url(dest):
+        np.save(dest, array)
+        return
+    buf = io.BytesIO()
+    np.save(buf, array)
+    as_path(dest).write_bytes(buf.getvalue())

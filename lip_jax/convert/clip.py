@@ -15,7 +15,7 @@ which lives under `text.` in Flax and at the top level in OpenAI's state dict.
 
 from __future__ import annotations
 
-import os
+import json
 import re
 from typing import Mapping
 
@@ -26,6 +26,7 @@ from flax import linen as nn
 from lip_jax.convert import common
 from lip_jax.convert.common import ConversionError
 from lip_jax.models.clip import CLIP, ClipConfig
+from lip_jax.paths import PathLike, is_url, path as as_path
 
 KEY_RULES = [
     (r"\.ln\.(\d+)\.", r".ln_\1."),
@@ -165,31 +166,39 @@ def hf_to_openai(state: Mapping, what: str = "HF CLIP") -> dict:
     return out
 
 
-def read_hf_dir(directory: str) -> tuple[dict, ClipConfig]:
-    """A save_pretrained CLIPModel directory -> (OpenAI state dict, ClipConfig)."""
-    cfg_path = os.path.join(directory, "config.json")
-    if not os.path.isfile(cfg_path):
+def read_hf_dir(directory: PathLike) -> tuple[dict, ClipConfig]:
+    """A save_pretrained CLIPModel directory -> (OpenAI state dict, ClipConfig). In an object store
+    (`gs://...`) its files are read through epath (transformers and safetensors read local files)."""
+    root = as_path(directory)
+    cfg_path = root / "config.json"
+    if not cfg_path.is_file():
         raise ConversionError(f"{directory}: no config.json (not a Hugging Face CLIPModel directory)")
     try:
         from transformers import CLIPConfig
 
-        hf_cfg = CLIPConfig.from_pretrained(directory).to_dict()
+        if is_url(root):
+            raw = json.loads(cfg_path.read_text())
+            if raw.get("model_type") != CLIPConfig.model_type:
+                raise ValueError(f"model_type {raw.get('model_type')!r}, not {CLIPConfig.model_type!r}")
+            hf_cfg = CLIPConfig.from_dict(raw).to_dict()
+        else:
+            hf_cfg = CLIPConfig.from_pretrained(directory).to_dict()
     except Exception as e:  # wrong model_type, malformed JSON, ...
         raise ConversionError(f"{cfg_path}: not a CLIPConfig ({type(e).__name__}: {e})") from e
-    st, pt = os.path.join(directory, "model.safetensors"), os.path.join(directory, "pytorch_model.bin")
-    if os.path.isfile(st):
-        from safetensors.numpy import load_file
+    st, pt = root / "model.safetensors", root / "pytorch_model.bin"
+    if st.is_file():
+        from safetensors import numpy as st_numpy
+        from safetensors import torch as st_torch
 
+        data = st.read_bytes() if is_url(st) else None
         try:
-            state = load_file(st)
+            state = st_numpy.load(data) if data is not None else st_numpy.load_file(st)
         except Exception as e:  # bf16 tensors numpy cannot hold, truncated file
-            from safetensors.torch import load_file as load_torch
-
             try:
-                state = load_torch(st)
+                state = st_torch.load(data) if data is not None else st_torch.load_file(st)
             except Exception:
                 raise ConversionError(f"{st}: unreadable safetensors file ({type(e).__name__}: {e})") from e
-    elif os.path.isfile(pt):
+    elif pt.is_file():
         state = common.load_torch_checkpoint(pt)
     else:
         raise ConversionError(f"{directory}: neither model.safetensors nor pytorch_model.bin "
@@ -200,17 +209,17 @@ def read_hf_dir(directory: str) -> tuple[dict, ClipConfig]:
 _HUB_NAME = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
-def load_clip(path: str, cfg=None) -> tuple[dict, ClipConfig]:
+def load_clip(path: PathLike, cfg=None) -> tuple[dict, ClipConfig]:
     """OpenAI `.pt`, HF directory or HF hub name -> (float32 params, ClipConfig).
 
     `cfg` (preset name, dict or ClipConfig) overrides the sizes inferred from the checkpoint (OpenAI
     files do not record head counts: width / 64 is assumed, as OpenAI does)."""
-    if os.path.isdir(path):
+    if as_path(path).is_dir():
         state, inferred = read_hf_dir(path)
-    elif os.path.isfile(path):
+    elif as_path(path).is_file():
         state = common.load_torch_checkpoint(path)  # TorchScript archives too, as data
         inferred = None
-    elif _HUB_NAME.match(path):
+    elif not is_url(path) and _HUB_NAME.match(str(path)):
         try:
             from huggingface_hub import snapshot_download
 

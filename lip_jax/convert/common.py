@@ -16,6 +16,8 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 from flax import traverse_util
 
+from lip_jax.paths import PathLike, is_url, path as as_path
+
 
 class ConversionError(ValueError):
     """A checkpoint does not match the model: names the offending keys."""
@@ -139,10 +141,11 @@ def as_numpy(value) -> np.ndarray:
     return np.asarray(value)
 
 
-def load_torch_checkpoint(path: str) -> dict:
+def load_torch_checkpoint(path: PathLike) -> dict:
     """Read a .pth state dict (optionally wrapped as {"model": ...}) memory-mapped, tensors as-is.
     A TorchScript archive (OpenAI's CLIP) is read through the allow-list reader: every PyTorch file
-    this project reads goes through here, as data."""
+    this project reads goes through here, as data. A URL (`gs://...`) is read through a seekable
+    epath file (torch cannot memory-map it)."""
     from lip_jax.convert import torchscript
 
     if torchscript.is_torchscript(path):
@@ -153,7 +156,11 @@ def load_torch_checkpoint(path: str) -> dict:
         with warnings.catch_warnings():  # torch's warnings about the file's format: the error says it
             warnings.simplefilter("ignore")
             try:
-                obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+                if is_url(path):
+                    with as_path(path).open("rb") as f:
+                        obj = torch.load(f, map_location="cpu", weights_only=True)
+                else:
+                    obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
             except RuntimeError as e:  # files from before torch's zip format cannot be memory-mapped
                 if "mmap can only be used" not in str(e):
                     raise
@@ -173,12 +180,18 @@ def load_torch_checkpoint(path: str) -> dict:
     return dict(obj)
 
 
-def save_torch_checkpoint(state: Mapping[str, np.ndarray], path: str, wrap_model: bool = True) -> None:
-    """Write {"model": state_dict} (the official release format) with torch tensors."""
+def save_torch_checkpoint(state: Mapping[str, np.ndarray], path: PathLike, wrap_model: bool = True) -> None:
+    """Write {"model": state_dict} (the official release format) with torch tensors; a URL through
+    an epath file."""
     import torch
 
     sd = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
-    torch.save({"model": sd} if wrap_model else sd, path)
+    obj = {"model": sd} if wrap_model else sd
+    if is_url(path):
+        with as_path(path).open("wb") as f:
+            torch.save(obj, f)
+    else:
+        torch.save(obj, path)
 
 
 def subtree(state: Mapping[str, object], prefix: str) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import collections
+import contextlib
 import io
 import pickle
 import re
@@ -20,6 +21,7 @@ import zipfile
 import numpy as np
 
 from lip_jax.convert.common import ConversionError
+from lip_jax.paths import PathLike, is_url, path as as_path
 
 _DTYPES = {"FloatStorage": "f4", "DoubleStorage": "f8", "HalfStorage": "f2", "LongStorage": "i8",
            "IntStorage": "i4", "ShortStorage": "i2", "CharStorage": "i1", "ByteStorage": "u1", "BoolStorage": "?",
@@ -168,19 +170,30 @@ def _walk(module, prefix: str, archive, root: str, cache: dict, out: dict) -> No
             _walk(value, f"{prefix}{name}.", archive, root, cache, out)
 
 
-def is_torchscript(path: str) -> bool:
+@contextlib.contextmanager
+def _zip(path: PathLike):
+    """The archive at a local path, or read from an object store through a seekable epath file."""
+    if is_url(path):
+        with as_path(path).open("rb") as f, zipfile.ZipFile(f) as z:
+            yield z
+    else:
+        with zipfile.ZipFile(path) as z:
+            yield z
+
+
+def is_torchscript(path: PathLike) -> bool:
     """A zip archive with `<name>/constants.pkl` (torch's own test for a TorchScript archive)."""
     try:
-        with zipfile.ZipFile(path) as z:
+        with _zip(path) as z:
             return any(n.count("/") == 1 and n.endswith("/constants.pkl") for n in z.namelist())
     except (OSError, zipfile.BadZipFile):
         return False
 
 
-def read_state_dict(path: str) -> dict[str, np.ndarray]:
+def read_state_dict(path: PathLike) -> dict[str, np.ndarray]:
     """The state dict torch.jit's loader would give, as numpy arrays, read as data; anything else is refused."""
     try:
-        with zipfile.ZipFile(path) as archive:
+        with _zip(path) as archive:
             pkls = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
             if len(pkls) != 1:
                 raise _Refused(f"{len(pkls)} data.pkl records")

@@ -9,17 +9,21 @@ otherwise be all hole). PIL's decompression-bomb guard stays on: such a file is 
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from PIL import Image
 
 from lip_jax.data.errors import DataError
+from lip_jax.paths import is_url, path as as_path
 
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 def _open(path, what: str) -> Image.Image:
     try:
-        im = Image.open(path)
+        # PIL opens local files itself; an object (gs://...) is read whole through epath first.
+        im = Image.open(io.BytesIO(as_path(path).read_bytes()) if is_url(path) else path)
         im.load()
         return im
     except FileNotFoundError:

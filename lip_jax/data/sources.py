@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import csv
 import inspect
+import io
 import json
 import logging
 import os
 
 import numpy as np
+from etils import epath
 
 from lip_jax.data.errors import DataError
 from lip_jax.data.images import read_image, read_mask
@@ -32,13 +34,39 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 IMAGENET_VAL_SIZE = 32
 
 
+# Roots are read through epath, so a data root in an object store (gs://bucket/data) is listed and
+# read there. epath.Path, not lip_jax.paths.path: a relative root stays as the user spelled it in
+# messages, and reading needs no absolute path.
+def _join(root, *parts) -> str:
+    return str(epath.Path(root).joinpath(*parts))
+
+
+def _text(path, encoding: str = "utf-8", newline: str | None = None) -> io.TextIOWrapper:
+    """A text reader over epath's binary file (epath's text mode takes no encoding or newline)."""
+    return io.TextIOWrapper(epath.Path(path).open("rb"), encoding=encoding, newline=newline)
+
+
+def _walk(root: epath.Path):
+    """Every file under `root`. Local: os.walk, which does not follow symlinked folders (a cycle
+    ends); an object store has neither, and epath's walk drops gs:// from the folders it yields."""
+    if "://" not in str(root):
+        for directory, _, names in os.walk(root):
+            yield from (epath.Path(directory) / n for n in names)
+        return
+    for child in root.iterdir():
+        if child.is_dir():
+            yield from _walk(child)
+        else:
+            yield child
+
+
 def _require_dir(path, what: str) -> None:
-    if not os.path.isdir(path):
+    if not epath.Path(path).is_dir():
         raise DataError(f"{path}: {what} directory does not exist")
 
 
 def _require_file(path, what: str) -> None:
-    if not os.path.isfile(path):
+    if not epath.Path(path).is_file():
         raise DataError(f"{path}: {what} file does not exist")
 
 
@@ -52,7 +80,7 @@ def _read_text(path) -> str:
     """First line of a UTF-8 text file (a byte-order mark is dropped); `DataError` naming the file
     if it is not UTF-8."""
     try:
-        with open(path, encoding="utf-8-sig") as f:
+        with _text(path, encoding="utf-8-sig") as f:
             return f.readline().strip()
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text (invalid byte 0x{e.object[e.start]:02x}); "
@@ -68,9 +96,9 @@ class ImageNetList:
 
     def __init__(self, root, split: str = "train", list_file: str = "imagenet_train.txt"):
         _require_dir(root, "ImageNet")
-        listing = os.path.join(root, list_file)
+        listing = _join(root, list_file)
         _require_file(listing, "ImageNet list")
-        with open(listing, encoding="utf-8") as f:
+        with _text(listing) as f:
             files = [line.strip() for line in f if line.strip()]
         if split == "train":
             files = files[:-IMAGENET_VAL_SIZE]
@@ -86,7 +114,7 @@ class ImageNetList:
 
     def __getitem__(self, i: int) -> dict:
         rel = self.files[i]
-        return {"image": read_image(os.path.join(self.root, rel)), "text": "", "id": rel}
+        return {"image": read_image(_join(self.root, rel)), "text": "", "id": rel}
 
     def __repr__(self) -> str:
         return f"ImageNetList(root={self.root!r}, split={self.split!r})"
@@ -109,14 +137,14 @@ class ConceptualCaptions:
         if split not in self.LAYOUT:
             raise DataError(f"{root}: unknown Conceptual Captions split {split!r} (train or val)")
         tsv_name, image_dir = self.LAYOUT[split]
-        tsv = os.path.join(root, "utils", tsv_name)
-        self.image_dir = os.path.join(root, image_dir)
+        tsv = _join(root, "utils", tsv_name)
+        self.image_dir = _join(root, image_dir)
         _require_file(tsv, "Conceptual Captions TSV")
         _require_dir(self.image_dir, "Conceptual Captions image")
-        present = set(os.listdir(self.image_dir))
+        present = {p.name for p in epath.Path(self.image_dir).iterdir()}
         self.rows: list[tuple[str, str]] = []
         self.missing = 0
-        with open(tsv, encoding="utf-8", newline="") as f:
+        with _text(tsv, newline="") as f:
             for i, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)):
                 name = "%08d.jpg" % i
                 if name in present and row:
@@ -134,7 +162,7 @@ class ConceptualCaptions:
 
     def __getitem__(self, i: int) -> dict:
         name, text = self.rows[i]
-        return {"image": read_image(os.path.join(self.image_dir, name)), "text": text,
+        return {"image": read_image(_join(self.image_dir, name)), "text": text,
                 "id": name}
 
     def __repr__(self) -> str:
@@ -150,12 +178,12 @@ class CocoCaptions:
     def __init__(self, root, split: str = "train"):
         if split not in ("train", "val"):
             raise DataError(f"{root}: unknown MSCOCO split {split!r} (train or val)")
-        listing = os.path.join(root, f"{split}_data.json")
-        self.image_dir = os.path.join(root, f"{split}2017")
+        listing = _join(root, f"{split}_data.json")
+        self.image_dir = _join(root, f"{split}2017")
         _require_file(listing, "MSCOCO caption list")
         _require_dir(self.image_dir, "MSCOCO image")
         try:
-            with open(listing, encoding="utf-8") as f:
+            with _text(listing) as f:
                 entries = json.load(f)
             self.entries = [(e["image_name"], tuple(e["captions"])) for e in entries]
         except (ValueError, KeyError, TypeError) as e:
@@ -169,7 +197,7 @@ class CocoCaptions:
 
     def __getitem__(self, i: int) -> dict:
         name, captions = self.entries[i]
-        return {"image": read_image(os.path.join(self.image_dir, name)),
+        return {"image": read_image(_join(self.image_dir, name)),
                 "text": captions[0] if captions else "", "captions": captions, "id": name}
 
     def __repr__(self) -> str:
@@ -187,9 +215,9 @@ class MaskEvalFolder:
 
     def __init__(self, root):
         _require_dir(root, "evaluation set")
-        gt_dir = os.path.join(root, "gt")
+        gt_dir = _join(root, "gt")
         _require_dir(gt_dir, "ground-truth (gt)")
-        names = sorted(f[:-4] for f in os.listdir(gt_dir) if f.endswith(".png"))
+        names = sorted(p.name[:-4] for p in epath.Path(gt_dir).iterdir() if p.name.endswith(".png"))
         self.root = root
         self.names = _nonempty(names, gt_dir, "ground-truth .png images")
         for name in self.names:
@@ -197,7 +225,7 @@ class MaskEvalFolder:
             _require_file(self._path("guidance", name + ".txt"), "guidance")
 
     def _path(self, folder: str, file: str) -> str:
-        return os.path.join(self.root, folder, file)
+        return _join(self.root, folder, file)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -206,7 +234,7 @@ class MaskEvalFolder:
         name = self.names[i]
         image = read_image(self._path("gt", name + ".png"))
         masked_path = self._path("mask_img", name + ".png")
-        masked = read_image(masked_path) if os.path.isfile(masked_path) else image
+        masked = read_image(masked_path) if epath.Path(masked_path).is_file() else image
         mask = read_mask(self._path("mask", name + ".mask.png"), image.shape[:2])
         if masked.shape != image.shape:
             raise DataError(f"{masked_path}: size {masked.shape[:2]} differs from "
@@ -227,14 +255,13 @@ class ImageFolder:
 
     def __init__(self, root):
         _require_dir(root, "image")
-        files = []
-        for directory, _, names in os.walk(root):
-            for name in names:
-                if name.lower().endswith(IMAGE_EXTENSIONS) and not name.endswith(".mask.png"):
-                    files.append(os.path.relpath(os.path.join(directory, name), root))
+        top = epath.Path(root)
+        every = [f.relative_to(top).as_posix() for f in _walk(top)]
+        files = [f for f in every if f.lower().endswith(IMAGE_EXTENSIONS) and not f.endswith(".mask.png")]
         self.root = root
         self.files = _nonempty(sorted(files), root, f"images ({'/'.join(IMAGE_EXTENSIONS)})")
-        has_mask = [os.path.isfile(self._sidecar(f, ".mask.png")) for f in self.files]
+        present = {f for f in every if f.endswith(".mask.png")}
+        has_mask = [os.path.splitext(f)[0] + ".mask.png" in present for f in self.files]
         if any(has_mask) and not all(has_mask):
             missing = self.files[has_mask.index(False)]
             raise DataError(f"{self._sidecar(missing, '.mask.png')}: mask missing "
@@ -242,17 +269,17 @@ class ImageFolder:
         self.with_masks = all(has_mask)
 
     def _sidecar(self, rel: str, suffix: str) -> str:
-        return os.path.join(self.root, os.path.splitext(rel)[0] + suffix)
+        return _join(self.root, os.path.splitext(rel)[0] + suffix)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> dict:
         rel = self.files[i]
-        image = read_image(os.path.join(self.root, rel))
+        image = read_image(_join(self.root, rel))
         caption = self._sidecar(rel, ".txt")
         example = {"image": image, "id": rel,
-                   "text": _read_text(caption) if os.path.isfile(caption) else ""}
+                   "text": _read_text(caption) if epath.Path(caption).is_file() else ""}
         if self.with_masks:
             example["mask"] = read_mask(self._sidecar(rel, ".mask.png"), image.shape[:2])
         return example

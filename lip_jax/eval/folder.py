@@ -10,11 +10,11 @@ process, in example order.
 
 from __future__ import annotations
 
-import os
 import time
 
 import jax
 import numpy as np
+from etils import epath
 
 from lip_jax.data.errors import DataError
 from lip_jax.data.images import read_image, read_mask, to_unit
@@ -22,8 +22,10 @@ from lip_jax.data.images import read_image, read_mask, to_unit
 VISU = "eval_visu"
 
 
-def image_path(out: str, example_id: str, rank: int) -> str:
-    return os.path.join(out, VISU, f"{example_id}_{rank:04d}.png")
+def image_path(out, example_id: str, rank: int) -> str:
+    """Where candidate `rank` of an example is written: under `out` as the user spelled it, a URL
+    (gs://...) staying one; read and written through epath."""
+    return str(epath.Path(out) / VISU / f"{example_id}_{rank:04d}.png")
 
 
 def share(items: list, index: int, count: int) -> list:
@@ -50,15 +52,15 @@ def load_example(source, i: int, size: int) -> dict:
         masked = np.asarray(Image.fromarray(masked).resize((size, size), Image.BICUBIC))
         mask = _resize_mask(mask, size)
     if not mask.any():
-        where = os.path.join(getattr(source, "root", ""), "mask", f"{ex['id']}.mask.png")
+        where = str(epath.Path(getattr(source, "root", "") or ".") / "mask" / f"{ex['id']}.mask.png")
         raise DataError(f"{where}: the mask has no hole" + (" at the model resolution" if ex["mask"].any() else ""))
     return dict(image=image, masked=masked, mask=mask, text=ex["text"], id=ex["id"], resized=resized)
 
 
-def check_masks(root: str, ids, size: int) -> None:
+def check_masks(root, ids, size: int) -> None:
     """Every mask has a hole at the model resolution: checked before any weight is read."""
     for i in ids:
-        path = os.path.join(root, "mask", f"{i}.mask.png")
+        path = str(epath.Path(root) / "mask" / f"{i}.mask.png")
         original = read_mask(path)
         mask = original if original.shape == (size, size) else _resize_mask(original, size)
         if not mask.any():

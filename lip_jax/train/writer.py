@@ -4,32 +4,42 @@ the checkpoint the run resumed from) are dropped, so no step is logged twice."""
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import sys
 import time
 
 import jax
 import numpy as np
 
+from lip_jax.paths import PathLike, is_url, path
+
 
 class Writer:
-    def __init__(self, workdir: str, start: int):
+    def __init__(self, workdir: PathLike, start: int):
         self.active = jax.process_index() == 0
-        self.workdir = workdir
+        self.workdir = path(workdir)
+        self.metrics = self.workdir / "metrics.jsonl"
         self.tb = None
         if self.active:
-            os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-            _truncate_jsonl(os.path.join(workdir, "metrics.jsonl"), start)
+            (self.workdir / "samples").mkdir(parents=True, exist_ok=True)
+            self._lines = _truncate_jsonl(self.metrics, start)
             from tensorboardX import SummaryWriter
+            _register_object_store_events()
             # purge_step: TensorBoard drops the events at or after it from earlier attempts.
-            self.tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start + 1 if start else None)
+            self.tb = SummaryWriter(str(self.workdir / "tb"), purge_step=start + 1 if start else None)
 
     def scalars(self, step: int, values: dict) -> None:
         if not self.active:
             return
-        with open(os.path.join(self.workdir, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps({"step": step, **values}) + "\n")
+        line = json.dumps({"step": step, **values}) + "\n"
+        if is_url(self.metrics):
+            # An object cannot be appended to: it is replaced whole, so a reader never sees half a line.
+            self._lines.append(line)
+            self.metrics.write_text("".join(self._lines))
+        else:
+            with self.metrics.open("a") as f:
+                f.write(line)
         for k, v in values.items():
             self.tb.add_scalar(k, v, step)
         self.tb.flush()
@@ -37,24 +47,65 @@ class Writer:
     def image(self, step: int, image: np.ndarray) -> None:
         if self.active:
             from PIL import Image
-            Image.fromarray(np.asarray(image)).save(os.path.join(self.workdir, "samples", f"step_{step:07d}.png"))
+
+            buf = io.BytesIO()
+            Image.fromarray(np.asarray(image)).save(buf, format="PNG")
+            (self.workdir / "samples" / f"step_{step:07d}.png").write_bytes(buf.getvalue())
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
 
 
-def _truncate_jsonl(path: str, start: int) -> None:
-    if not os.path.isfile(path):
-        return
-    with open(path) as f:
-        lines = f.readlines()
+def _truncate_jsonl(file, start: int) -> list[str]:
+    """Drop the records past `start`; the kept lines."""
+    if not file.exists():
+        return []
+    lines = file.read_text().splitlines(keepends=True)
     keep = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= start]
     if len(keep) != len(lines):
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(keep)
-        os.replace(tmp, path)
+        if is_url(file):
+            file.write_text("".join(keep))  # an object is replaced whole
+        else:
+            tmp = file.with_name(file.name + ".tmp")
+            tmp.write_text("".join(keep))
+            tmp.replace(file)
+    return keep
+
+
+class _ObjectEvents:
+    """A TensorBoard event file in an object store: the records so far, rewritten whole at every
+    flush (an object has no append; scalar logs stay small). tensorboardX's own gs:// writer goes
+    through google-cloud-storage and s3:// through boto3; this one through epath like every other
+    file of a run, with the same credentials."""
+
+    def __init__(self, name: str):
+        self.file = path(name)
+        self.buffer = io.BytesIO()
+
+    def write(self, data: bytes) -> None:
+        self.buffer.write(data)
+
+    def flush(self) -> None:
+        self.file.write_bytes(self.buffer.getvalue())
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _ObjectEventsFactory:
+    def open(self, name: str) -> _ObjectEvents:
+        return _ObjectEvents(name)
+
+    def directory_check(self, name: str) -> None:
+        pass  # an object store has no directories to create
+
+
+def _register_object_store_events() -> None:
+    from tensorboardX import record_writer
+
+    for scheme in ("gs", "s3", "az"):
+        record_writer.register_writer_factory(scheme, _ObjectEventsFactory())
 
 
 class Progress:
