@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -23,7 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from lip_jax.paths import PathLike, path as as_path
 
 
 class CheckpointError(ValueError):
@@ -33,11 +35,12 @@ class CheckpointError(ValueError):
 PARAMS = "params"
 
 
-def save_params(directory: str, params, overwrite: bool = False) -> None:
+def save_params(directory: PathLike, params, overwrite: bool = False) -> None:
     """Write a parameter tree as an orbax checkpoint. orbax writes into a temporary directory and
-    renames it at the end, so a reader never sees half a tree; `overwrite` replaces an old one."""
-    directory = os.path.abspath(directory)
-    if os.path.exists(directory) and not overwrite:
+    renames it at the end (on gs://: writes a commit_success.txt last), so a reader never sees half
+    a tree; `overwrite` replaces an old one. A `gs://` URL reaches orbax unchanged."""
+    directory = as_path(directory)
+    if directory.exists() and not overwrite:
         raise CheckpointError(f"{directory}: already exists, refusing to overwrite")
     params = nn.unbox(params)
     with ocp.StandardCheckpointer() as ckpt:
@@ -95,7 +98,7 @@ def _sum32(x) -> jax.Array:
     return jnp.sum(bits * (weight | jnp.uint32(1)), dtype=jnp.uint32)
 
 
-def verify(directory: str, tree, recorded: dict | None, what: str = "") -> None:
+def verify(directory: PathLike, tree, recorded: dict | None, what: str = "") -> None:
     """Compare `tree` (as restored) with the checksums recorded at save; CheckpointError on a
     mismatch. A checkpoint without checksums (written before they existed) loads with a warning."""
     if not recorded:
@@ -119,26 +122,27 @@ def _recorded(ckpt, directory) -> dict | None:
     return custom.get("checksums")
 
 
-def resolve(path: str) -> str:
-    """A training workdir -> its `params` directory; any other path unchanged."""
-    inner = os.path.join(path, PARAMS)
-    if os.path.isdir(path) and not _is_orbax(path) and os.path.isdir(inner):
+def resolve(path: PathLike) -> epath.Path:
+    """A training workdir -> its `params` directory; any other path as an epath (a URL unchanged)."""
+    p = as_path(path)
+    inner = p / PARAMS
+    if p.is_dir() and not _is_orbax(p) and inner.is_dir():
         return inner
-    if os.path.isdir(os.path.join(path, "checkpoints")) and not os.path.isdir(inner):
+    if (p / "checkpoints").is_dir() and not inner.is_dir():
         raise CheckpointError(f"{path}: a training workdir without {PARAMS}/ (the run has not finished; "
                               f"rerun the same `lip-jax train` command to complete it)")
-    return path
+    return p
 
 
-def _is_orbax(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "_CHECKPOINT_METADATA")) or os.path.isfile(
-        os.path.join(path, "_METADATA"))
+def _is_orbax(path: PathLike) -> bool:
+    p = as_path(path)
+    return (p / "_CHECKPOINT_METADATA").is_file() or (p / "_METADATA").is_file()
 
 
-def orbax_template(path: str):
+def orbax_template(path: PathLike):
     """Shapes and dtypes of a stored orbax tree, read from its metadata (no array is loaded)."""
-    directory = os.path.abspath(resolve(path))
-    if not os.path.isdir(directory):
+    directory = resolve(path)
+    if not directory.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint directory")
     try:
         with ocp.StandardCheckpointer() as ckpt:
@@ -151,7 +155,7 @@ def orbax_template(path: str):
     return jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), dict(meta))
 
 
-def load_part(path: str, part: str, template):
+def load_part(path: PathLike, part: str, template):
     """The `part` subtree ("mps" or "vqgan") of a stage-2 tree, or the model alone: stage 2 takes a
     stage-1 output or a stage-2 output as its DF-VQGAN alike. Entries stored beside the model
     (the discriminator of a converted stage-1 training checkpoint) are not read."""
@@ -162,7 +166,7 @@ def load_part(path: str, part: str, template):
     return load_params(path, template, partial=bool(keys - set(template)))
 
 
-def load_params(directory: str, template=None, partial: bool = False):
+def load_params(directory: PathLike, template=None, partial: bool = False):
     """Read a parameter tree, replicated over every device of every process.
 
     With `template` (a tree of shapes), every leaf must be present and match: checked against the
@@ -170,8 +174,8 @@ def load_params(directory: str, template=None, partial: bool = False):
     (single process only: orbax needs a target to restore onto another topology). `partial`: the
     template names some top-level subtrees only; the others are not read.
     """
-    directory = os.path.abspath(resolve(directory))
-    if not os.path.isdir(directory):
+    directory = resolve(directory)
+    if not directory.is_dir():
         raise CheckpointError(f"{directory}: no such checkpoint directory")
     try:
         with ocp.StandardCheckpointer() as ckpt:
@@ -203,7 +207,7 @@ def load_params(directory: str, template=None, partial: bool = False):
         raise CheckpointError(f"{directory}: not a readable orbax checkpoint ({type(e).__name__}: {e})") from e
 
 
-def _check_tree(directory: str, template, stored) -> None:
+def _check_tree(directory: PathLike, template, stored) -> None:
     want = jax.tree_util.tree_flatten_with_path(template)[0]
     got = dict(jax.tree_util.tree_flatten_with_path(stored)[0])
     bad = [jax.tree_util.keystr(k) for k, v in want if k not in got or tuple(got[k].shape) != tuple(v.shape)]
