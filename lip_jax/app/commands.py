@@ -6,15 +6,15 @@ Every input is read and checked before the work starts; outputs are written at t
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 
 import numpy as np
 
 from lip_jax.app.config import UsageError, apply_overrides, load_config
-from lip_jax.app.outputs import check_file, distinct
+from lip_jax.app.outputs import check_file, distinct, save_image, save_npy
 from lip_jax.data.images import read_image, read_mask, to_uint8
+from lip_jax.paths import path
 
 
 def config_of(args):
@@ -37,12 +37,10 @@ def train(args) -> None:
     from lip_jax.train.trainer import train as run_training
 
     result = run_training(config, args.workdir)
-    print(f"trained to step {result['step']}; inference weights in {os.path.join(args.workdir, 'params')}")
+    print(f"trained to step {result['step']}; inference weights in {path(args.workdir) / 'params'}")
 
 
 def inpaint(args) -> None:
-    from PIL import Image
-
     from lip_jax.app.pipeline import Inpainter, check_config, read_inputs, sampling
 
     def say(msg):
@@ -72,12 +70,12 @@ def inpaint(args) -> None:
     window = out.windows[0]
     say(f"inpainted a {window.side}x{window.side} window at ({window.left}, {window.top}) of the "
         f"{image.shape[1]}x{image.shape[0]} image" + (", pasted back into the hole" if args.composite else ""))
-    Image.fromarray(out.images[0]).save(args.out)
+    save_image(out.images[0], args.out)
     written = [args.out]
     if args.grid:
         tiles = [np.where(hole[..., None], 0, image).astype(np.uint8),
                  np.repeat((hole * 255).astype(np.uint8)[..., None], 3, axis=-1), *out.candidates[0]]
-        Image.fromarray(_row(tiles)).save(args.grid)
+        save_image(_row(tiles), args.grid)
         written.append(args.grid)
     if out.scores is not None:
         say(f"best CLIP score {out.scores[0, 0]:.2f}")
@@ -85,8 +83,6 @@ def inpaint(args) -> None:
 
 
 def reconstruct(args) -> None:
-    from PIL import Image
-
     from lip_jax.app.checkpoints import load_vqgan
     from lip_jax.app.pipeline import reconstruct as run_reconstruct
 
@@ -106,9 +102,9 @@ def reconstruct(args) -> None:
     image, mask = to_model_size(image, mask, cfg.resolution, args.image)
     params = load_vqgan(args.ckpt, cfg)
     out = run_reconstruct(params, cfg, image, mask)
-    Image.fromarray(to_uint8(out)).save(args.out)
+    save_image(to_uint8(out), args.out)
     if args.npy:
-        np.save(args.npy, out[None].astype(np.float32))
+        save_npy(out[None].astype(np.float32), args.npy)
     print(f"wrote {args.out}" + (f" and {args.npy}" if args.npy else ""))
 
 
