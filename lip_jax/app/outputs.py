@@ -48,6 +48,14 @@ def _probe(directory: epath.Path, flag: str, path: PathLike) -> None:
         pass
 
 
+def _client(p: epath.Path, flag: str, shown: PathLike) -> None:
+    """An object-store URL needs its filesystem package (gs://: gcsfs, the `gcs` extra)."""
+    try:
+        p.exists()
+    except ImportError as e:
+        raise UsageError(f"{flag} {shown}: {e} (pip install 'lip-jax[gcs]' for gs://)") from None
+
+
 def _reason(e: Exception) -> str:
     text = " ".join(str(e).split())[:200]
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
@@ -71,6 +79,8 @@ def check_file(path: PathLike, flag: str, overwrite: bool = False, make_parents:
     if not path:
         raise UsageError(f"{flag}: empty path")
     p = as_path(path)
+    if is_url(p):
+        _client(p, flag, path)
     if p.is_dir():
         raise UsageError(f"{flag} {path}: is a directory, expected a file name")
     if (p.exists() or (not is_url(p) and os.path.lexists(p))) and not overwrite:
@@ -97,6 +107,7 @@ def check_dir(path: PathLike, flag: str, shown: str | None = None) -> None:
         raise UsageError(f"{flag}: empty path")
     p = as_path(path)
     if is_url(p):
+        _client(p, flag, shown)
         if p.is_file():
             raise UsageError(f"{flag} {shown}: {p} exists and is not a directory")
         _probe(p, flag, shown)
