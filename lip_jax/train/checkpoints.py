@@ -217,19 +217,19 @@ def _check_tree(directory: PathLike, template, stored) -> None:
 
 
 class DataStateHandler(ocp.CheckpointHandler):
-    """Every process writes its own data-iterator state (`process_I-of-N.json`) into the item dir,
-    so a resumed run, on the same number of hosts, sees exactly the batches it would have seen."""
+    """The data-iterator state, one JSON file per fixed data shard (`shard_S-of-N.json`, written by
+    the process that reads shard S), so a run resumes on another number of hosts: each process
+    reads the files of the shards it reads now. The item decides the file names:
+    `item.state_files() -> {name: state}`, `item.restore_files(read, names)` with
+    `read(name) -> state`."""
 
     def save(self, directory, args: "DataSave"):
-        name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-        (directory / name).write_text(json.dumps(args.item.get_state()))
+        for name, state in args.item.state_files().items():
+            (directory / name).write_text(json.dumps(state))
 
     def restore(self, directory, args: "DataRestore"):
-        path = directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-        if not path.exists():
-            found = sorted(p.name for p in directory.iterdir())
-            raise CheckpointError(f"{directory}: no data state {path.name} (saved with other host counts: {found})")
-        args.item.set_state(json.loads(path.read_text()))
+        names = sorted(p.name for p in directory.iterdir() if p.name.endswith(".json"))
+        args.item.restore_files(lambda name: json.loads((directory / name).read_text()), names)
         return args.item
 
     def metadata(self, directory):

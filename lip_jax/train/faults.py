@@ -21,6 +21,8 @@ import tempfile
 import jax
 import jax.numpy as jnp
 
+from lip_jax.paths import is_url, path
+
 INTERRUPTED_EXIT, DIVERGED_EXIT, SAVE_FAILED_EXIT = 75, 3, 74
 
 
@@ -45,16 +47,28 @@ class SaveFailed(Exception):
     """A checkpoint could not be written; the ones before it are intact."""
 
 
-def check_writable(workdir: str) -> None:
-    """The workdir exists (or can be made) and takes a file: checked before any work."""
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise ConfigError(f"{workdir}: the workdir is a file")
+def check_writable(workdir) -> None:
+    """The workdir exists (or can be made) and takes a file: checked before any work, local or in
+    an object store alike."""
+    wd = path(workdir)
     try:
-        os.makedirs(workdir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".probe"):
-            pass
+        if wd.exists() and not wd.is_dir():
+            raise ConfigError(f"{workdir}: the workdir is a file")
+        wd.mkdir(parents=True, exist_ok=True)
+        if is_url(wd):  # object stores: a real write proves the credentials and the bucket
+            probe = wd / f".probe-{socket.gethostname()}-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        else:
+            with tempfile.NamedTemporaryFile(dir=wd, prefix=".probe"):
+                pass
+    except ConfigError:
+        raise
     except OSError as e:
         raise ConfigError(f"{workdir}: cannot write to the workdir ({e.strerror or e})") from None
+    except Exception as e:  # object-store clients raise their own types (auth, missing bucket)
+        raise ConfigError(f"{workdir}: cannot write to the workdir ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:200]})") from None
 
 
 @contextlib.contextmanager
@@ -124,8 +138,8 @@ class WorkdirLock:
     """One trainer per workdir: `WORKDIR/.lock` holds host and pid; a lock whose process is gone
     (same host) is stale and taken over. Only process 0 of a multi-process run holds it."""
 
-    def __init__(self, workdir: str):
-        self.path = os.path.join(workdir, ".lock")
+    def __init__(self, workdir):
+        self.path = path(workdir) / ".lock"
         self.held = False
 
     def __enter__(self):
@@ -134,23 +148,33 @@ class WorkdirLock:
         me = f"{socket.gethostname()} {os.getpid()}"
         for _ in range(2):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                self._create(me)
             except FileExistsError:
-                host, _, pid = open(self.path).read().partition(" ")
+                host, _, pid = self.path.read_text().partition(" ")
                 if host == socket.gethostname() and pid.strip().isdigit() and not _alive(int(pid)):
-                    os.remove(self.path)  # stale: its trainer died without cleaning up
+                    self.path.unlink()  # stale: its trainer died without cleaning up
                     continue
-                raise ConfigError(f"{os.path.dirname(self.path)}: in use by another trainer ({host} pid "
+                raise ConfigError(f"{self.path.parent}: in use by another trainer ({host} pid "
                                   f"{pid.strip()}); if none runs, remove {self.path}") from None
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
             self.held = True
             return self
         raise ConfigError(f"{self.path}: cannot take the workdir lock")
 
+    def _create(self, me: str) -> None:
+        if is_url(self.path):
+            # Object stores have no O_EXCL through epath: check, then write (a race of two
+            # trainers started within a request's time is not caught there).
+            if self.path.exists():
+                raise FileExistsError(str(self.path))
+            self.path.write_text(me)
+            return
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+
     def __exit__(self, *exc):
-        if self.held and os.path.exists(self.path):
-            os.remove(self.path)
+        if self.held and self.path.exists():
+            self.path.unlink()
 
 
 def _alive(pid: int) -> bool:
@@ -165,19 +189,43 @@ def _alive(pid: int) -> bool:
 
 class StopSignals:
     """SIGTERM and SIGINT set a flag the loop reads between steps (no KeyboardInterrupt from inside
-    the data loader); a second Ctrl-C stops at once."""
+    the data loader); a second Ctrl-C stops at once.
+
+    Several processes must agree on the step they save at, or the collective save hangs or mixes
+    steps: the signal reaches hosts at different steps. There SIGTERM is left to JAX's preemption
+    service (installed by jax.distributed.initialize: it tells the coordinator, which picks one
+    step all hosts reach), a Ctrl-C is handed to it as a SIGTERM, and `reached(step)` asks it."""
 
     def __init__(self):
         self.signum = None
+        self.stopped = False  # set by `reached`: the loop saved and stops (all hosts alike)
+        from jax._src import distributed
+
+        self.shared = distributed.global_state.preemption_sync_manager is not None
 
     def _handle(self, signum, frame):
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
+        if self.shared:
+            os.kill(os.getpid(), signal.SIGTERM)  # to the preemption service: all hosts agree
 
     def __enter__(self):
-        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        ours = (signal.SIGINT,) if self.shared else (signal.SIGTERM, signal.SIGINT)
+        self.previous = {s: signal.signal(s, self._handle) for s in ours}
         return self
+
+    def reached(self, step: int) -> bool:
+        """Save and stop after `step`? Called by every process at every step."""
+        if not self.shared:
+            self.stopped = self.signum is not None
+        else:
+            from jax.experimental import multihost_utils
+
+            self.stopped = multihost_utils.reached_preemption_sync_point(step)
+            if self.stopped:
+                self.signum = self.signum or signal.SIGTERM  # this host may not have seen it
+        return self.stopped
 
     def __exit__(self, *exc):
         for s, h in self.previous.items():

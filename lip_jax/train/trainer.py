@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import sys
 import time
 from typing import Any, Callable
@@ -24,6 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from lip_jax import sharding as partitioning
+from lip_jax.paths import path
 from lip_jax.train import faults
 from lip_jax.train.checkpoints import (PARAMS, CheckpointError, DataRestore, DataSave, checksums, load_params,
                                        load_part, save_params, verify)
@@ -161,8 +161,8 @@ class HostLoader:
         d = config.data
         shards = int(d.get("shards") or count)
         if shards % count or d.batch_size % shards:
-            raise ValueError(f"data.shards={shards} must be a multiple of the {count} processes and divide "
-                             f"the global batch {d.batch_size}")
+            raise faults.ConfigError(f"config: data.shards={shards} must be a multiple of the {count} processes "
+                                     f"and divide the global batch {d.batch_size}")
         source = open_source(d.source, **dict(d.get("source_kwargs", {})))
         augment = {"stage1": STAGE1_AUGMENT, "stage2": STAGE2_AUGMENT, "none": None}[d.get("augment", "stage2")]
         pcfg = PipelineConfig(image_size=d.image_size, batch_size=d.batch_size // shards, mask=d.mask,
@@ -170,8 +170,9 @@ class HostLoader:
                               worker_count=d.get("workers", 2))
         tokenizer = _tokenizer(config) if config.stage == 2 else ByteTokenizer(8)
         per = shards // count
+        self.shards, self.shard_ids = shards, range(index * per, (index + 1) * per)
         self.iters = [iter(Loader(source, pcfg, tokenizer, process_index=s, process_count=shards))
-                      for s in range(index * per, (index + 1) * per)]
+                      for s in self.shard_ids]
 
     def __iter__(self):
         return self
@@ -180,14 +181,30 @@ class HostLoader:
         parts = [next(it) for it in self.iters]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    def get_state(self) -> dict:
-        return {"shards": [it.get_state() for it in self.iters]}
+    def _name(self, shard: int) -> str:
+        return f"shard_{shard}-of-{self.shards}.json"
 
-    def set_state(self, state: dict) -> None:
-        if len(state["shards"]) != len(self.iters):
-            raise CheckpointError(f"data state has {len(state['shards'])} shards, this process reads {len(self.iters)}")
-        for it, st in zip(self.iters, state["shards"]):
-            it.set_state(st)
+    def state_files(self) -> dict:
+        """{file name: state} of this process's shards (a checkpoint's data item)."""
+        return {self._name(s): it.get_state() for s, it in zip(self.shard_ids, self.iters)}
+
+    def restore_files(self, read, names) -> None:
+        """Continue every shard this process reads from its saved state, whichever process (and
+        however many) saved it."""
+        legacy = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        if not any(n.startswith("shard_") for n in names) and legacy in names:  # before per-shard files
+            states = read(legacy)["shards"]
+            if len(states) != len(self.iters):
+                raise CheckpointError(f"data state has {len(states)} shards, this process reads {len(self.iters)}")
+            for it, st in zip(self.iters, states):
+                it.set_state(st)
+            return
+        missing = [self._name(s) for s in self.shard_ids if self._name(s) not in names]
+        if missing:
+            raise CheckpointError(f"no data state {missing[0]} in the checkpoint (it holds {names}): it was "
+                                  f"written with another data.shards; resume with the same data.shards")
+        for s, it in zip(self.shard_ids, self.iters):
+            it.set_state(read(self._name(s)))
 
     @property
     def skipped(self) -> int:
@@ -209,7 +226,7 @@ def abstract_state(task: Task, mesh) -> tuple[Any, Any]:
     return nn.unbox(boxed), shardings
 
 
-def train(config, workdir: str, max_steps: int | None = None) -> dict:
+def train(config, workdir, max_steps: int | None = None) -> dict:
     """Run (or resume) training; returns the last metrics. `max_steps` stops early (tests).
 
     Raises faults.ConfigError before any work for an unusable setting or a workdir in use,
@@ -223,12 +240,13 @@ def train(config, workdir: str, max_steps: int | None = None) -> dict:
         log.propagate = False
     faults.check_config(config)
     initialize_distributed(config)
+    workdir = path(workdir)  # gs://bucket/run stays a URL: orbax, logs and grids write there
     faults.check_writable(workdir)
     with faults.WorkdirLock(workdir), faults.StopSignals() as stop:
         return _train(config, workdir, max_steps, stop)
 
 
-def _train(config, workdir: str, max_steps: int | None, stop) -> dict:
+def _train(config, workdir, max_steps: int | None, stop) -> dict:
     mesh = partitioning.make_mesh(dict(config.mesh))
     task = stage_task(config)
     total, t = int(config.train.total_steps), config.train
@@ -241,7 +259,7 @@ def _train(config, workdir: str, max_steps: int | None, stop) -> dict:
         extra = tuple(jax.device_put(e, partitioning.replicated(mesh)) for e in task.extra)
         data_iter = HostLoader(config)
         manager = ocp.CheckpointManager(
-            os.path.abspath(os.path.join(workdir, "checkpoints")),
+            workdir / "checkpoints",
             options=ocp.CheckpointManagerOptions(max_to_keep=t.keep, save_interval_steps=1,
                                                  enable_async_checkpointing=True, cleanup_tmp_directories=True))
         target = jax.tree_util.tree_map(
@@ -291,14 +309,15 @@ def _train(config, workdir: str, max_steps: int | None, stop) -> dict:
                     if bad:
                         log.warning("steps %d-%d: %d skipped (non-finite or over the gradient-norm bound); "
                                     "those updates changed nothing", done - n_acc + 1, done, bad)
-                    with faults.saving(manager, done, what=os.path.join(workdir, "metrics.jsonl"), any_error=False):
+                    with faults.saving(manager, done, what=str(workdir / "metrics.jsonl"), any_error=False):
                         writer.scalars(done, last)
                     progress.update(done, last)
                     acc, n_acc = None, 0
                 if t.get("sample_every") and done % t.sample_every == 0 and task.preview is not None:
-                    with faults.saving(manager, done, what=os.path.join(workdir, "samples"), any_error=False):
+                    with faults.saving(manager, done, what=str(workdir / "samples"), any_error=False):
                         writer.image(done, jax.device_get(task.preview(state, batch, *extra)))
-                save = done % t.save_every == 0 or done == end or stop.signum
+                preempted = stop.reached(done)
+                save = done % t.save_every == 0 or done == end or preempted
                 if save and not bool(jax.device_get(metrics["finite"])):
                     log.warning("step %d: skipped step; no checkpoint written at this step", done)
                 elif save:
@@ -306,20 +325,20 @@ def _train(config, workdir: str, max_steps: int | None, stop) -> dict:
                         manager.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                                    data=DataSave(data_iter)),
                                      custom_metadata={"checksums": checksums(state)})
-                if stop.signum:
+                if preempted:
                     break
         finally:
             progress.close()
-            with faults.saving(manager, done, what=os.path.join(workdir, "tb"), any_error=False):
+            with faults.saving(manager, done, what=str(workdir / "tb"), any_error=False):
                 writer.close()
             with faults.saving(manager, done):  # an asynchronous save's failure surfaces here
                 manager.wait_until_finished()
             manager.close()
-        if stop.signum:
+        if stop.stopped:
             raise faults.Interrupted(manager.latest_step() or 0, stop.signum)
         if done == total:  # only a finished run leaves inference weights
-            with faults.saving(manager, done, what=os.path.join(workdir, PARAMS)):
-                save_params(os.path.join(workdir, PARAMS), task.export(state.params), overwrite=True)
+            with faults.saving(manager, done, what=str(workdir / PARAMS)):
+                save_params(workdir / PARAMS, task.export(state.params), overwrite=True)
         last["steps_per_s"] = (done - start) / max(time.time() - t0, 1e-9)
         return {"step": done, "metrics": last, "state": state, "skipped_examples": data_iter.skipped}
 
