@@ -241,6 +241,33 @@ def test_stage1_rejects_grad_accum():
         stage1.learning_rate(c)
 
 
+def test_stage1_cosine_decay_is_opt_in_and_the_default_state_is_the_official_one():
+    """`train.lr_decay="cosine"` (the demo's short runs) decays the rate to zero over the run; the
+    default keeps a float rate, so the optimizer state (and checkpoints) of the official recipe
+    are unchanged; a misspelt value is refused."""
+    from lip_jax.train.faults import ConfigError
+
+    c = load_config(STAGE1)
+    peak = stage1.learning_rate(c)
+    assert stage1.schedule(c) == peak
+    c.train.update(lr_decay="cosine", total_steps=100)
+    rate = stage1.schedule(c)
+    assert float(rate(0)) == pytest.approx(peak)
+    assert float(rate(50)) == pytest.approx(peak / 2, rel=1e-5)
+    assert float(rate(100)) == pytest.approx(0.0, abs=1e-12)
+    params = {"w": jnp.ones(3)}
+    grads = {"w": jnp.ones(3)}
+    tx = stage1.optimizer(c)
+    opt = tx.init(params)
+    for _ in range(60):
+        _, opt = tx.update(grads, opt, params)
+    step = tx.update(grads, opt, params)[0]["w"]
+    assert float(jnp.abs(step).max()) < 0.5 * peak  # the 61st update, at under half the peak rate
+    c.train.lr_decay = "linear-ish"
+    with pytest.raises(ConfigError, match="lr_decay"):
+        stage1.schedule(c)
+
+
 def test_step_details_show_lr_and_gradient_norms(vq_ckpt):
     """`details` adds the learning rate and per-group gradient norms of the update and changes
     nothing else; the default step does not compute them."""

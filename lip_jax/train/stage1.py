@@ -49,8 +49,22 @@ def learning_rate(cfg) -> float:
     return cfg.train.base_lr * cfg.data.batch_size
 
 
+def schedule(cfg):
+    """Rate of update k: the official constant `learning_rate`, or with `train.lr_decay="cosine"` (short
+    runs such as the demo, where the last steps at a high constant rate leave the weights noisy) a
+    cosine decay from it to zero over `train.total_steps`."""
+    peak, decay = learning_rate(cfg), cfg.train.get("lr_decay", "constant")
+    if decay == "constant":
+        return peak  # a float: the optimizer state stays that of the official constant-rate Adam
+    if decay == "cosine":
+        return optax.cosine_decay_schedule(peak, int(cfg.train.total_steps))
+    from lip_jax.train.faults import ConfigError
+
+    raise ConfigError(f"train.lr_decay must be 'constant' or 'cosine', got {decay!r}")
+
+
 def optimizer(cfg) -> optax.GradientTransformation:
-    return optax.adam(learning_rate(cfg), b1=0.5, b2=0.9)
+    return optax.adam(schedule(cfg), b1=0.5, b2=0.9)
 
 
 def init_boxed(cfg, rng: jax.Array):
@@ -185,7 +199,9 @@ def make_train_step(cfg, perceptual: Perceptual, use_disc: bool, details: bool |
         metrics = dict(loss=loss, rec_loss=aux["rec_loss"], p_loss=aux["p_loss"], q_loss=q_loss,
                        g_loss=g_loss, d_weight=d_weight)
         if details:
-            metrics.update(lr=jnp.asarray(learning_rate(cfg), jnp.float32), **group_grad_norms(grads))
+            rate = schedule(cfg)
+            rate = rate(state.step) if callable(rate) else rate
+            metrics.update(lr=jnp.asarray(rate, jnp.float32), **group_grad_norms(grads))
         dparams, dstats, dopt = state.disc_params, aux["dstats"], state.disc_opt
         if use_disc:
             x = batch["image"]
