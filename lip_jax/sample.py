@@ -5,6 +5,8 @@ Both sample the hole tokens in raster order and keep the known ones, with top-k 
 temperature (greedy when top_k = 1; top_k above the codebook size means no filtering). Randomness: the token at grid position g of output row r is
 drawn with fold_in(split(rng, rows)[r], g), so both samplers consume the same random stream and a
 seed fixes the result. Rows are image-major: row b * num_samples + s is candidate s of image b.
+On a mesh (lip_jax.app.inference) the rows are split over data x fsdp, padded to a multiple of the
+row shards (`sample_rows`' row_multiple) with rows the caller drops.
 
 Cached sampler (`sample_tokens`), one compiled program:
   * the token view, pixel view, text encoder and every decoder layer's cross-attention K/V run
@@ -30,9 +32,10 @@ import jax.numpy as jnp
 
 from lip_jax.models.mps2s import MPS2S, MPSConfig, check_inputs
 from lip_jax.models.mps2s_layers import kv_heads
+from lip_jax.sharding import constrain_batch
 
 
-def _check_args(cfg: MPSConfig, num_samples: int, top_k: int, temperature: float):
+def check_args(cfg: MPSConfig, num_samples: int, top_k: int, temperature: float):
     if int(num_samples) < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if int(top_k) < 1:
@@ -77,13 +80,28 @@ def _repeat(x, s):
     return jnp.repeat(x, s, axis=0) if s > 1 else x
 
 
+def to_rows(x, num_samples: int, rows: int | None = None):
+    """Per-image [B, ...] -> image-major rows [rows, ...] (row r: candidate r % K of image r // K).
+    Rows past B * K are padding (copies of the last row) that fill a mesh's row shards; callers
+    drop them. Without padding this is the plain repeat."""
+    real = x.shape[0] * num_samples
+    if rows is None or rows == real:
+        return _repeat(x, num_samples)
+    return x[jnp.minimum(jnp.arange(rows), real - 1) // num_samples]
+
+
+def padded_rows(batch: int, num_samples: int, row_multiple: int) -> int:
+    """B * K rounded up to a multiple of the row shards."""
+    return -(-batch * num_samples // row_multiple) * row_multiple
+
+
 def _api(fn):
     @functools.wraps(fn)
     def wrapper(params, cfg, *, tokens, token_mask, image, text_ids, rng, num_samples: int = 1,
                 top_k: int = 128, temperature: float = 1.0):
         cfg = MPSConfig.from_any(cfg)
         tokens, token_mask = check_inputs(cfg, tokens, token_mask, image, text_ids)
-        _check_args(cfg, num_samples, top_k, temperature)
+        check_args(cfg, num_samples, top_k, temperature)
         return fn(params, tokens, token_mask, jnp.asarray(image, jnp.float32), jnp.asarray(text_ids, jnp.int32),
                   rng, jnp.int32(min(int(top_k), cfg.vqvae_vocab_size)), jnp.float32(temperature), cfg=cfg, num_samples=int(num_samples))
     return wrapper
@@ -98,20 +116,26 @@ def _compute_kernels(params, cfg: MPSConfig):
         lambda path, x: x.astype(cfg.jnp_dtype) if path[-1].key == "kernel" else x, params)
 
 
-@_api
-@functools.partial(jax.jit, static_argnames=("cfg", "num_samples"))
-def sample_tokens(params, tokens, token_mask, image, text_ids, rng, top_k, temperature, *, cfg, num_samples):
-    """KV-cached sampler -> int32 [B * num_samples, N] (holes sampled, known tokens kept)."""
+def sample_rows(params, tokens, token_mask, image, text_ids, rng, top_k, temperature, *, cfg, num_samples,
+                row_multiple: int = 1):
+    """The KV-cached sampler's traced body (`sample_tokens` jits it; lip_jax.app.inference jits it
+    with a mesh's shardings) -> int32 [rows, N], rows = B * num_samples rounded up to a multiple of
+    `row_multiple`; rows past B * num_samples are padding. Traced on a mesh, rows are split
+    over data x fsdp; the per-image encoders run on the B images as their inputs are laid out."""
     model = MPS2S(cfg)
     variables = {"params": _compute_kernels(params, cfg)}
     n, t = cfg.num_tokens, cfg.num_tokens + 1
+    real = tokens.shape[0] * num_samples
+    rows = padded_rows(tokens.shape[0], num_samples, row_multiple)
+    to_r = lambda x: constrain_batch(to_rows(x, num_samples, rows))  # noqa: E731
     tokens = jnp.where(token_mask, 0, tokens)  # official: holes start at token 0
     cond = model.apply(variables, tokens, token_mask, image, text_ids, method=MPS2S.encode)
-    cross_kv = [tuple(_repeat(a, num_samples) for a in kv_heads(k, v, cfg.heads))
+    cross_kv = [tuple(to_r(a) for a in kv_heads(k, v, cfg.heads))
                 for k, v in model.apply(variables, cond, method=MPS2S.cross_kv)]
-    tokens, mask = _repeat(tokens, num_samples), _repeat(token_mask, num_samples)
-    rows = tokens.shape[0]
-    row_keys = jax.random.split(rng, rows)
+    tokens, mask = to_r(tokens), to_r(token_mask)
+    row_keys = jax.random.split(rng, real)  # the padding's keys copy the last row's: real rows never change
+    if rows > real:
+        row_keys = row_keys[jnp.minimum(jnp.arange(rows), real - 1)]
 
     # hole grid positions per row, ascending, then padding
     ar = jnp.arange(n)
@@ -119,7 +143,8 @@ def sample_tokens(params, tokens, token_mask, image, text_ids, rng, top_k, tempe
     n_holes = mask.sum(axis=1).astype(jnp.int32)
     dt = cfg.jnp_dtype
     h, dh = cfg.heads, cfg.dim_head
-    caches = [(jnp.zeros((rows, h, dh, t), dt), jnp.zeros((rows, h, t, dh), dt)) for _ in range(cfg.dec_depth)]
+    caches = constrain_batch([(jnp.zeros((rows, h, dh, t), dt), jnp.zeros((rows, h, t, dh), dt))
+                              for _ in range(cfg.dec_depth)])
 
     def piece(toks, caches, s, stop, size):
         """Decoder positions [s, stop] ∩ [s, s + size) per row; logits at `stop`."""
@@ -151,11 +176,17 @@ def sample_tokens(params, tokens, token_mask, image, text_ids, rng, top_k, tempe
         logits, caches = piece(toks, caches, g, jnp.where(active, g, -1), 1)
         new = _draw(logits, _grid_keys(row_keys, g), top_k, temperature)
         cur = jnp.take_along_axis(toks, g[:, None], axis=1)[:, 0]
-        toks = toks.at[jnp.arange(rows), g].set(jnp.where(active, new, cur))
-        return k + 1, toks, caches
+        # per row (vmap): a scatter indexed by arange(rows) is all-gathered when rows are split
+        toks = jax.vmap(lambda t, i, x: t.at[i].set(x))(toks, g, jnp.where(active, new, cur))
+        return k + 1, *constrain_batch((toks, caches))  # XLA loses the row split through loops
 
-    _, tokens, _ = jax.lax.while_loop(lambda s: s[0] < n_holes.max(), body, (jnp.int32(0), tokens, caches))
+    steps = n_holes.max()  # once: in the loop condition it is a cross-device reduction at every step
+    _, tokens, _ = jax.lax.while_loop(lambda s: s[0] < steps, body, (jnp.int32(0), tokens, caches))
     return tokens
+
+
+sample_tokens = _api(jax.jit(sample_rows, static_argnames=("cfg", "num_samples", "row_multiple")))
+sample_tokens.__doc__ = "KV-cached sampler -> int32 [B * num_samples, N] (holes sampled, known tokens kept)."
 
 
 @_api

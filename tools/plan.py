@@ -15,7 +15,12 @@ of lip_jax.sharding (the trainer's `abstract_state`), so nothing is allocated.
   mps_cc    configs/mps_cc.py: MP-S2S pre-training step (frozen DF-VQGAN targets, CLIP text tower)
   mps_coco  configs/mps_coco.py: fine-tuning; the same program as mps_cc when the model, optimizer
             and batch agree (then reported from the mps_cc compile, not compiled twice)
-  sample    lip_jax.sample.sample_tokens (KV-cached) at the mps_cc model with K candidates
+  sample    configs/lip_maskcoco.py (the `lip-jax eval` model; `--config.mps.scan_layers=true` gives
+            configs/mps_coco.py's, `lip-jax inpaint`): the programs every inference command runs,
+            lip_jax.app.inference.programs (DF-VQGAN encode, KV-cached sampling of K candidates,
+            decode) with their mesh shardings, as the same jitted objects; the peak is that of the
+            program whose peak plus what stays resident meanwhile (the other model's weights, the
+            skip features) is largest, FLOPs and collectives add up over the three
 
 Per device: memory from `compiled.memory_analysis()` (arguments, outputs, temporaries; the peak is
 estimated as arguments + outputs - donated aliases + temporaries), and, parsed from the compiled
@@ -29,7 +34,8 @@ fusion, scheduling and layouts), good for which layout fits, not for the last Gi
 Batch per device: stage 1 6 (the config's 48 per 8-GPU host; the official README launch uses 8,
 `--batch-per-device 8`), stage 2 8 (official `run.sh -ltbs 8`); inference 1 image (official
 `local_eval_batch_size` 1) x K = 2 candidates (`sample_K`). The global batch is per-device x
-devices, so a `tensor` axis of size t gives each tensor group t x the examples.
+devices, so a `tensor` axis of size t gives each tensor group t x the examples (`lip-jax eval`
+samples `eval.batch_size` images per step: set it to this global batch for the planned layout).
 
 Prints a Markdown table and one JSON line.
 """
@@ -53,7 +59,7 @@ GiB = 1024 ** 3
 CAPACITIES = (("v5e", 16), ("v4", 32), ("H100", 80))
 RECIPES = ("stage1", "mps_cc", "mps_coco", "sample")
 CONFIGS = {"stage1": "configs/dfvqgan_imagenet.py", "mps_cc": "configs/mps_cc.py",
-           "mps_coco": "configs/mps_coco.py", "sample": "configs/mps_cc.py"}
+           "mps_coco": "configs/mps_coco.py", "sample": "configs/lip_maskcoco.py"}
 # The tensor axis splits nothing in the convolutional stage 1 (the rule table splits conv output
 # channels over fsdp only), so its meshes are data and FSDP (and a hybrid).
 DEFAULT_MESHES = {
@@ -134,36 +140,29 @@ def _stage2(config, mesh, per_device):
     return fn, (state, vq, batch), {"global_batch": n}
 
 
-def _sample(config, mesh, per_device, num_samples):
+def device_bytes(tree) -> int:
+    """Per-device bytes of a tree of ShapeDtypeStructs carrying shardings."""
+    import math
+
     import jax
-    import jax.numpy as jnp
 
-    from lip_jax import sample
-    from lip_jax.models import mps2s
-    from lip_jax import sharding
+    return sum(math.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(tree))
 
-    mcfg = mps2s.MPSConfig.from_any(config.mps)
-    boxed = jax.eval_shape(lambda r: mps2s.init_boxed(mcfg, r), jax.random.key(0))
-    params_sh, _ = sharding.param_shardings(boxed, mesh)
-    import flax.linen as nn
-    params = nn.unbox(boxed)
-    n = per_device * mesh.size
-    r = mcfg.img_size
-    inputs = {"tokens": jax.ShapeDtypeStruct((n, mcfg.num_tokens), jnp.int32),
-              "token_mask": jax.ShapeDtypeStruct((n, mcfg.num_tokens), jnp.bool_),
-              "image": jax.ShapeDtypeStruct((n, r, r, 3), jnp.float32),
-              "text_ids": jax.ShapeDtypeStruct((n, mcfg.text_len), jnp.int32)}
-    s = config.sample
 
-    def run(params, inputs, rng):
-        return sample.sample_tokens(params, mcfg, rng=rng, num_samples=num_samples, top_k=s.top_k,
-                                    temperature=s.temperature, **inputs)
+def _sample(config, mesh, images, num_samples):
+    """The programs `lip-jax eval` / `inpaint` / `Inpainter` run (lip_jax.app.inference.programs,
+    the same jitted objects and shardings), each with what stays resident on the devices meanwhile:
+    the other model's weights, and while sampling the encoder's skip features. `images`: the global batch."""
+    from lip_jax.app import inference, pipeline
 
-    rep = sharding.replicated(mesh)
-    in_sh = {k: sharding.batch_sharding(mesh, len(v.shape)) for k, v in inputs.items()}
-    fn = jax.jit(run, in_shardings=(params_sh, in_sh, rep), out_shardings=sharding.batch_sharding(mesh, 2))
-    rng = jax.ShapeDtypeStruct((2,), jnp.uint32)
-    return fn, (params, inputs, rng), {"global_batch": n, "candidates": num_samples}
+    model, mcfg = pipeline.check_models(config.vqgan, config.mps)
+    n = images
+    prog = inference.programs(model, mcfg, mesh, n, num_samples)
+    vq, mps = prog.abstract["encode"][0], prog.abstract["sample"][0]
+    resident = {"encode": mps, "sample": (vq, prog.abstract["decode"][2:]), "decode": mps}
+    return ([(name, getattr(prog, name), prog.abstract[name], device_bytes(resident[name]))
+             for name in ("encode", "sample", "decode")],
+            {"global_batch": n, "candidates": num_samples, "rows": prog.rows})
 
 
 def _signature(config) -> str:
@@ -173,6 +172,52 @@ def _signature(config) -> str:
                                                                if k not in ("init_ckpt", "log_every", "save_every",
                                                                             "sample_every", "keep")}},
                       sort_keys=True, default=str)
+
+
+def _compile(fn, abstract) -> dict:
+    t0 = time.time()
+    lowered = fn.lower(*abstract)
+    t_lower = time.time() - t0
+    compiled = lowered.compile(compiler_options=COMPILER_OPTIONS)
+    t_compile = time.time() - t0 - t_lower
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    hlo = parse_hlo(compiled.as_text())
+    return {
+        "argument_bytes": mem.argument_size_in_bytes, "output_bytes": mem.output_size_in_bytes,
+        "alias_bytes": mem.alias_size_in_bytes, "temp_bytes": mem.temp_size_in_bytes, "peak_bytes": peak_bytes(mem),
+        # XLA's cost analysis counts a loop body once; the matmul / conv FLOPs parsed from the HLO
+        # apply known trip counts (scanned layers, gradient accumulation)
+        "flops_per_device": float(hlo["matmul_flops"]), "xla_cost_flops": float(cost.get("flops", 0.0)),
+        "collective_bytes": hlo["collectives"], "collective_total_bytes": sum(hlo["collectives"].values()),
+        "unknown_trip_loops": hlo["unknown_trip_loops"], "largest": hlo["largest"],
+        "top_collectives": hlo["collectives_by_op"][:5],
+        "lower_s": round(t_lower, 1), "compile_s": round(t_compile, 1)}
+
+
+def _combine(parts: dict) -> dict:
+    """Programs run one after another: the peak is the largest of (a program's peak + what stays
+    resident beside it); FLOPs and collective bytes add up; the rest is the largest program's."""
+    peaks = {name: p["peak_bytes"] + p["resident_bytes"] for name, p in parts.items()}
+    top = max(peaks, key=peaks.get)
+    out = dict(parts[top], peak_bytes=peaks[top], peak_program=top)
+    out["flops_per_device"] = sum(p["flops_per_device"] for p in parts.values())
+    out["xla_cost_flops"] = sum(p["xla_cost_flops"] for p in parts.values())
+    kinds = {k for p in parts.values() for k in p["collective_bytes"]}
+    out["collective_bytes"] = {k: sum(p["collective_bytes"].get(k, 0) for p in parts.values()) for k in kinds}
+    out["collective_total_bytes"] = sum(out["collective_bytes"].values())
+    out["unknown_trip_loops"] = sum(p["unknown_trip_loops"] for p in parts.values())
+    out["largest"] = max((p["largest"] for p in parts.values()), key=lambda lg: lg["bytes"])
+    out["top_collectives"] = sorted((c for p in parts.values() for c in p["top_collectives"]),
+                                    key=lambda c: -c["bytes"])[:5]
+    for key in ("lower_s", "compile_s"):
+        out[key] = round(sum(p[key] for p in parts.values()), 1)
+    out["programs"] = {name: {k: p[k] for k in ("peak_bytes", "resident_bytes", "argument_bytes", "temp_bytes",
+                                                 "flops_per_device", "collective_total_bytes", "compile_s")}
+                       for name, p in parts.items()}
+    return out
 
 
 def plan_one(recipe, config, mesh_spec, devices, args) -> dict:
@@ -186,39 +231,22 @@ def plan_one(recipe, config, mesh_spec, devices, args) -> dict:
     except ValueError as e:
         return row | {"error": str(e)}
     row["mesh"] = "x".join(f"{a}{mesh.shape[a]}" for a in sharding.MESH_AXES if mesh.shape[a] > 1) or "single"
-    t0 = time.time()
     with jax.set_mesh(mesh):
         per_device = args.batch_per_device or (6 if recipe == "stage1" else 8)
-        if recipe == "stage1":
-            fn, abstract, info = _stage1(config, mesh, per_device)
-        elif recipe == "sample":
-            fn, abstract, info = _sample(config, mesh, args.images_per_device, args.samples)
+        if recipe == "sample":
+            programs, info = _sample(config, mesh, args.images_per_device * mesh.size, args.samples)
+            stats = _combine({name: _compile(fn, abstract) | {"resident_bytes": resident}
+                              for name, fn, abstract, resident in programs})
         else:
-            fn, abstract, info = _stage2(config, mesh, per_device)
-            mc = config.mps
-            info |= {"remat": mc.get("remat", "none"), "dtype": mc.get("dtype", "float32"),
-                     "grad_accum": int(config.train.get("grad_accum", 1))}
-        lowered = fn.lower(*abstract)
-        t_lower = time.time() - t0
-        compiled = lowered.compile(compiler_options=COMPILER_OPTIONS)
-    t_compile = time.time() - t0 - t_lower
-    mem = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else {}
-    hlo = parse_hlo(compiled.as_text())
-    peak = peak_bytes(mem)
-    return row | info | {
-        "argument_bytes": mem.argument_size_in_bytes, "output_bytes": mem.output_size_in_bytes,
-        "alias_bytes": mem.alias_size_in_bytes, "temp_bytes": mem.temp_size_in_bytes, "peak_bytes": peak,
-        # XLA's cost analysis counts a loop body once; the matmul / conv FLOPs parsed from the HLO
-        # apply known trip counts (scanned layers, gradient accumulation)
-        "flops_per_device": float(hlo["matmul_flops"]), "xla_cost_flops": float(cost.get("flops", 0.0)),
-        "collective_bytes": hlo["collectives"], "collective_total_bytes": sum(hlo["collectives"].values()),
-        "unknown_trip_loops": hlo["unknown_trip_loops"], "largest": hlo["largest"],
-        "top_collectives": hlo["collectives_by_op"][:5],
-        "fits": {name: peak <= cap * GiB for name, cap in CAPACITIES},
-        "lower_s": round(t_lower, 1), "compile_s": round(t_compile, 1)}
+            if recipe == "stage1":
+                fn, abstract, info = _stage1(config, mesh, per_device)
+            else:
+                fn, abstract, info = _stage2(config, mesh, per_device)
+                mc = config.mps
+                info |= {"remat": mc.get("remat", "none"), "dtype": mc.get("dtype", "float32"),
+                         "grad_accum": int(config.train.get("grad_accum", 1))}
+            stats = _compile(fn, abstract)
+    return row | info | stats | {"fits": {name: stats["peak_bytes"] <= cap * GiB for name, cap in CAPACITIES}}
 
 
 def worker(args) -> None:
@@ -281,6 +309,18 @@ def markdown(rows) -> str:
                      f"{r['flops_per_device'] / 1e12:.2f} | {_gib(r['collective_total_bytes'])} | {fits} | "
                      f"`{largest}` ({_gib(lg['bytes'])} GiB) | {comp} |")
     return "\n".join(lines)
+
+
+def sample_programs(rows) -> str:
+    """Per inference program: its peak + what stays resident beside it (GiB per device)."""
+    lines = ["Inference programs (peak + resident GiB per device; matmul TFLOP per device):"]
+    for r in rows:
+        if "error" in r or r.get("same_as") or not r.get("programs"):
+            continue
+        parts = "; ".join(f"{name} {_gib(p['peak_bytes'])} + {_gib(p['resident_bytes'])}, "
+                          f"{p['flops_per_device'] / 1e12:.2f}" for name, p in r["programs"].items())
+        lines.append(f"- {r['recipe']} {r['devices']} {r['mesh']} ({r['rows']} rows): {parts}")
+    return "\n".join(lines) if len(lines) > 1 else ""
 
 
 def collective_sources(rows, n: int = 3) -> str:
@@ -351,6 +391,7 @@ def main(argv=None) -> int:
         rows.sort(key=lambda r: (order[r["recipe"]], r["devices"]))
         print(markdown(rows))
         print(collective_sources(rows))
+        print(sample_programs(rows))
         print(json.dumps({"tool": "plan", "merged": args.merge, "seconds": round(seconds, 1), "rows": rows}))
         return 0
 
@@ -407,6 +448,7 @@ def main(argv=None) -> int:
     rows.sort(key=lambda r: (order[r["recipe"]], r["devices"]))
     print(markdown(rows))
     print(collective_sources(rows))
+    print(sample_programs(rows))
     import jax
     print(json.dumps({"tool": "plan", "jax": jax.__version__, "backend": "cpu (simulated devices)",
                       "seconds": round(time.time() - t0, 1), "rows": rows}))

@@ -41,13 +41,21 @@ def train(args) -> None:
 
 
 def inpaint(args) -> None:
+    from lip_jax.app import inference
     from lip_jax.app.pipeline import Inpainter, check_config, read_inputs, sampling
 
     def say(msg):
         print(f"lip-jax inpaint: {msg}", file=sys.stderr, flush=True)
 
-    config = config_of(args)  # every input and output is checked before the weights are read
+    # every input and output is checked before the weights are read
+    config = load_config(args.config)
+    inference.with_mesh_section(config)  # --config.mesh.*: the candidates' layout over the devices
+    apply_overrides(config, args.overrides)
     check_config(config, args.config)
+    try:
+        mesh = inference.mesh_of(config)
+    except ValueError as e:
+        raise UsageError(f"--config.mesh: {e}") from e
     _check_text(args.text)
     if args.temperature is not None and not math.isfinite(args.temperature):
         raise UsageError(f"--temperature {args.temperature}: not a finite number")
@@ -59,7 +67,7 @@ def inpaint(args) -> None:
     (image,), (hole,) = read_inputs(args.image, args.mask, args.invert_mask)
     sampling(config, args.num_samples, args.top_k, args.temperature)
     t0 = time.perf_counter()
-    inpainter = Inpainter.load(args.ckpt, config, clip=args.clip, clip_config=args.clip_config)
+    inpainter = Inpainter.load(args.ckpt, config, clip=args.clip, clip_config=args.clip_config, mesh=mesh)
     say(f"loaded weights ({time.perf_counter() - t0:.1f} s); reranking: "
         + ("off" if inpainter.clip is None else "CLIP" + (f" from {args.clip}" if args.clip else
                                                           " from the checkpoint's clip_sim")))

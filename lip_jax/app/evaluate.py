@@ -3,7 +3,9 @@ custom), as the official `eval_visu` action (config/lip4maskcoco, config/lip4cus
 paper's metrics (lip_jax.eval.folder).
 
 For every example, `sample_K` candidates are sampled with the KV-cached sampler (batches of
-`batch_size` examples through lip_jax.app.pipeline.inpaint), reranked by CLIP score when CLIP
+`batch_size` examples through lip_jax.app.pipeline.inpaint, their batch_size x sample_K rows split
+over every device of the config's `mesh`, data parallel by default; e.g. `--config.mesh.fsdp=-1
+--config.mesh.tensor=4` for FSDP x tensor), reranked by CLIP score when CLIP
 weights are available (--clip, else the checkpoint's `clip_sim`; the official reranker resizes with
 nearest neighbour), and the best `best_n` are written.
 
@@ -18,9 +20,11 @@ OUT/metrics.json             FID, PSNR (whole / outside the hole, [0, 255]), LPI
 
 Resuming: the written PNGs are the state (written atomically). Work is done in fixed batches of
 examples whose seed depends only on (seed, first example index), so an interrupted run, rerun,
-skips finished batches and writes exactly the images an uninterrupted run writes. Hosts: process
-i takes its contiguous share of the batches; after a barrier every process computes metrics on
-its share (LPIPS and Inception sharded over all devices) and process 0 writes metrics.json.
+skips finished batches and writes exactly the images an uninterrupted run writes. Hosts: every
+process reads every example of a batch and runs the same sharded programs over all devices
+(`batch_size` is the global batch, so the images do not depend on the number of hosts), then writes
+its contiguous share of the batch's images; after a barrier every process computes metrics on its
+share (LPIPS and Inception sharded over all devices) and process 0 writes metrics.json.
 
 `--ckpt`: anything lip_jax.app.checkpoints.load_lip reads (a stage-2 training workdir or its
 params/, an orbax {mps, vqgan[, clip]} from `lip-jax convert`, the official .pth).
@@ -39,7 +43,7 @@ import time
 import jax
 import numpy as np
 
-from lip_jax.app import pipeline
+from lip_jax.app import inference, pipeline
 from lip_jax.app.checkpoints import fingerprint, load_clip_any, load_inception_any, load_lip, load_lpips_any
 from lip_jax.app.config import UsageError, apply_overrides, load_config
 from lip_jax.app.outputs import check_dir
@@ -61,6 +65,7 @@ def run(args) -> None:
     from lip_jax.data import open_source
 
     config = load_config(args.config)
+    inference.with_mesh_section(config)
     apply_overrides(config, args.overrides)
     s = _settings(config)
     if config.get("distributed", None) is not None:  # as training: flags, or TPU / SLURM environments
@@ -74,9 +79,13 @@ def run(args) -> None:
             print(f"lip-jax eval: {msg}", file=sys.stderr, flush=True)
 
     try:
-        _, mps_cfg = pipeline.check_models(config.vqgan, config.mps)
+        model, mps_cfg = pipeline.check_models(config.vqgan, config.mps)
     except ValueError as e:
         raise UsageError(f"{args.config}: {e}") from e
+    try:
+        mesh = inference.mesh_of(config)
+    except ValueError as e:
+        raise UsageError(f"--config.mesh: {e}") from e
     root = _data_root(args.data)
     source = open_source("mask_eval", root=root)
     n = len(source) if s["max_examples"] <= 0 else min(len(source), s["max_examples"])
@@ -99,10 +108,11 @@ def run(args) -> None:
 
     # Every weight file is read before sampling: a typo must not surface after hours.
     t0 = time.perf_counter()
-    weights = _on_device(load_lip(args.ckpt, mps_cfg, config.vqgan))
+    weights = _on_device(load_lip(args.ckpt, mps_cfg, config.vqgan), model, mps_cfg, mesh)
     clip, clip_from = weights.get("clip"), ("checkpoint clip_sim" if "clip" in weights else None)
     if args.clip:
-        clip = _on_device({"clip": load_clip_any(args.clip, args.clip_config or s["clip_config"] or None)})["clip"]
+        clip = _on_device({"clip": load_clip_any(args.clip, args.clip_config or s["clip_config"] or None)},
+                          model, mps_cfg, mesh)["clip"]
         clip_from = clip_spec
     lpips_params = load_lpips_any(args.lpips) if args.lpips else None
     inception = load_inception_any(args.fid_weights) if args.fid_weights else None
@@ -118,14 +128,15 @@ def run(args) -> None:
         if inception is not None and ref_stats[0].shape != (FEATURE_DIM,):
             raise UsageError(f"{args.fid_stats}: {ref_stats[0].shape[0]}-d statistics, the Inception pool "
                              f"features are {FEATURE_DIM}-d")
-    say(f"{n} examples in {root}; weights loaded ({time.perf_counter() - t0:.1f} s); reranking: "
+    say(f"{n} examples in {root}; weights loaded ({time.perf_counter() - t0:.1f} s); {mesh.size} device(s), "
+        f"mesh {dict(mesh.shape)}; reranking: "
         + (f"CLIP from {clip_from}" if clip else "off (no CLIP weights)"))
 
     os.makedirs(os.path.join(args.out, VISU), exist_ok=True)
     if proc == 0 and not os.path.isfile(os.path.join(args.out, SETTINGS)):
         _write_json(os.path.join(args.out, SETTINGS), settings)
     generated = generate(weights, clip, config, mps_cfg, s, source, ids, args.out,
-                         progress=not args.no_progress and proc == 0, say=say)
+                         progress=not args.no_progress and proc == 0, say=say, mesh=mesh)
     barrier("lip_jax_eval_images")
     missing = [i for i in ids if not os.path.isfile(image_path(args.out, i, 0))]
     if missing:
@@ -134,7 +145,6 @@ def run(args) -> None:
 
     result = compute_metrics(source, ids, args.out, s, mps_cfg.img_size, clip=clip, lpips_params=lpips_params,
                              inception=inception, ref_stats=ref_stats, say=say)
-    generated = int(allgather(np.array([generated], np.int64)).sum())
     if proc == 0:
         result["settings"] = dict(settings, clip=clip_from, clip_config=clip and dataclasses.asdict(clip[1]),
                                   lpips=args.lpips, fid_weights=args.fid_weights, fid_stats=args.fid_stats,
@@ -227,11 +237,13 @@ def _check_settings(out: str, settings: dict) -> None:
                          f"then, {want.get(k)!r} now); use another --out or delete it")
 
 
-def _on_device(weights: dict) -> dict:
-    """On the default (first local) device once, not at every batch; uncommitted, so compiled
-    programs are shared with callers passing numpy. "clip" is (params, ClipConfig)."""
-    put = jax.device_put
-    return {k: ((put(v[0]), v[1]) if k == "clip" else put(v)) for k, v in weights.items()}
+def _on_device(weights: dict, model, mps_cfg, mesh) -> dict:
+    """Placed once, not at every batch: MP-S2S and DF-VQGAN split over the mesh by their logical
+    axes; the reranker ("clip": (params, ClipConfig)) on the first local device, uncommitted, so
+    its program is shared with the CLIP-score metric."""
+    shardings = dict(zip(("vqgan", "mps"), inference.weight_shardings(model, mps_cfg, mesh)))
+    return {k: ((jax.device_put(v[0]), v[1]) if k == "clip" else inference.place(v, shardings[k]))
+            for k, v in weights.items()}
 
 
 # --- sampling -------------------------------------------------------------------------------------
@@ -245,15 +257,20 @@ def batch_seed(seed: int, first: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(first)]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def generate(weights, clip, config, mps_cfg, s, source, ids, out, progress=True, say=print) -> int:
-    """Sample this process's share of batches that are not finished; returns how many examples it sampled."""
+def generate(weights, clip, config, mps_cfg, s, source, ids, out, progress=True, say=print, mesh=None) -> int:
+    """Sample the batches that are not finished, every process every batch (one global program,
+    its rows over every device of `mesh`); returns how many examples were sampled."""
     from tqdm import tqdm
 
     size, best_n = mps_cfg.img_size, s["best_n"]
-    mine = share(batches(len(ids), s["batch_size"]), jax.process_index(), jax.process_count())
-    todo = [(a, b) for a, b in mine
-            if not all(os.path.isfile(image_path(out, ids[i], r)) for i in range(a, b) for r in range(best_n))]
-    total = sum(b - a for a, b in mine)
+    proc, nproc = jax.process_index(), jax.process_count()
+    every = batches(len(ids), s["batch_size"])
+    unfinished = np.array([not all(os.path.isfile(image_path(out, ids[i], r)) for i in range(a, b)
+                                   for r in range(best_n)) for a, b in every], bool)
+    # Every process must run the same batches: one that any process misses a file of is redone.
+    unfinished = allgather(unfinished).any(axis=0)
+    todo = [ab for ab, u in zip(every, unfinished) if u]
+    total = len(ids)
     done = total - sum(b - a for a, b in todo)
     if done:
         say(f"resuming: {done} of {total} examples already written")
@@ -271,8 +288,9 @@ def generate(weights, clip, config, mps_cfg, s, source, ids, out, progress=True,
                                np.stack([to_unit(e["masked"]) for e in exs]), np.stack([e["mask"] for e in exs]),
                                [e["text"] for e in exs], num_samples=s["sample_K"], top_k=s["top_k"],
                                temperature=s["temperature"], seed=batch_seed(s["seed"], a), clip=clip,
-                               clip_resize=s["clip_resize"])
-        for j, i in enumerate(range(a, b)):
+                               clip_resize=s["clip_resize"], mesh=mesh)
+        for i in share(list(range(a, b)), proc, nproc):  # each process writes its share
+            j = i - a
             for r in range(best_n):
                 path = image_path(out, ids[i], r)
                 if not os.path.isfile(path):

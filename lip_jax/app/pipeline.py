@@ -8,13 +8,15 @@ the model-resolution core `inpaint`, and `reconstruct` (DF-VQGAN alone).
 A photo is inpainted in a window of the model's resolution around its hole (lip_jax.app.photo), and
 only the hole is pasted back (`composite`), so the rest of the photo is returned bit for bit.
 
-Core (`inpaint`), as the official evaluation, as the official evaluation (config/mps4coco/base.py `Net.forward`, eval branch):
+Core (`inpaint`), as the official evaluation (config/mps4coco/base.py `Net.forward`, eval branch):
   1. the defective image (hole set to 0) goes through DF-VQGAN's defect-free encoder: known tokens
      and the skip features of the masked image; the latent hole mask is the encoder's last skip mask;
   2. MP-S2S samples the hole tokens (holes start at token 0), K candidates per image, with the
      KV-cached sampler (one compiled program);
   3. every candidate is decoded with the masked image's skip features (one compiled program);
   4. with CLIP, candidates are reranked by text-image cosine (best first); without, kept in order.
+Steps 1-3 run on every device: the B x K rows are split over the mesh (the config's `mesh`, data
+parallel by default), the weights by their logical axes (lip_jax.app.inference).
 """
 
 from __future__ import annotations
@@ -29,25 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lip_jax.app import photo
+from lip_jax.app import inference, photo
 from lip_jax.app.config import UsageError
 from lip_jax.data.images import read_image, read_mask, to_uint8, to_unit
 from lip_jax.models import dfvqgan
 from lip_jax.models.mps2s import MPSConfig
-
-@functools.partial(jax.jit, static_argnames=("model",))
-def _encode(params, x, mask, *, model):
-    enc = model.apply({"params": params}, x, mask, method=dfvqgan.DFVQGAN.encode)
-    return enc["indices"], enc["skips"], enc["skip_masks"]
-
-
-@functools.partial(jax.jit, static_argnames=("model", "k"))
-def _decode(params, tokens, skips, skip_masks, *, model, k):
-    """Decode [B * k, h, w] tokens, candidate rows sharing their image's skip features."""
-    rep = lambda t: jnp.repeat(t, k, axis=0)  # noqa: E731  image-major rows, as sample_tokens
-    return model.apply({"params": params}, tokens, [rep(s) for s in skips], [rep(m) for m in skip_masks],
-                       method=dfvqgan.DFVQGAN.decode_indices)
-
 
 def check_models(vq_cfg, mps_cfg) -> tuple[dfvqgan.DFVQGAN, MPSConfig]:
     """The DF-VQGAN and MP-S2S configs must agree on resolution, token grid and codebook size."""
@@ -71,7 +59,7 @@ def _texts(text, b: int) -> list[str]:
 
 def inpaint(vq_params, vq_cfg, mps_params, mps_cfg, image, mask, text: str | Sequence[str], *,
             num_samples: int = 2, top_k: int = 128, temperature: float = 1.0, seed: int = 0,
-            clip: tuple | None = None, clip_resize: str = "bicubic",
+            clip: tuple | None = None, clip_resize: str = "bicubic", mesh=None,
             log: Callable[[str], None] | None = None) -> dict:
     """Fill the hole of `image` following `text`.
 
@@ -79,6 +67,10 @@ def inpaint(vq_params, vq_cfg, mps_params, mps_cfg, image, mask, text: str | Seq
     True = hole (every image needs one; an all-hole mask generates from the text alone); text: one
     string for all images or B strings ("" = unconditional on text). clip: (params, ClipConfig or
     preset) to rerank candidates by CLIP score, else candidates keep their sampling order.
+    mesh: the devices (default: every device, data parallel); the B x K rows are split over its
+    data x fsdp axes (lip_jax.app.inference), the weights by their logical axes (placed once if
+    already there: `inference.place`). Several processes: every process passes the same inputs
+    and gets every row back.
     Returns numpy: best [B, H, W, 3], candidates [B, K, H, W, 3] (best first), scores [B, K]
     (CLIP score x100, or None), order [B, K] (sampling index of each returned candidate),
     tokens [B, K, h*w], token_mask [B, h*w].
@@ -97,36 +89,41 @@ def inpaint(vq_params, vq_cfg, mps_params, mps_cfg, image, mask, text: str | Seq
         raise ValueError("every mask needs a hole (True pixels)")
     texts = _texts(text, b)
     k = int(num_samples)
-
     from lip_jax.models.tokenizer import get_tokenizer
-    from lip_jax.sample import sample_tokens
+    from lip_jax.sample import check_args
+
+    check_args(mps_cfg, k, top_k, temperature)
+    mesh = mesh if mesh is not None else inference.mesh_of()
+    prog = inference.programs(model, mps_cfg, mesh, b, k)
+    where = f"{mesh.size} device(s)" + (f", {prog.rows - b * k} padding row(s)" if prog.rows > b * k else "")
 
     t0 = time.perf_counter()
+    vq, mps = inference.place(vq_params, prog.vq_shardings), inference.place(mps_params, prog.mps_shardings)
     x = np.where(mask[..., None], 0.0, image).astype(np.float32)  # official: hole pixels are 0
-    indices, skips, skip_masks = _encode(vq_params, jnp.asarray(x), jnp.asarray(mask), model=model)
-    token_mask = skip_masks[-1].reshape(b, -1)
-    holes = np.asarray(token_mask.sum(axis=1))
-    log(f"encode: {b} image(s), {holes.tolist()} of {mps_cfg.num_tokens} tokens to fill "
-        f"({time.perf_counter() - t0:.1f} s)")
+    x = inference.put(x, prog.image_sharding(4))
+    indices, token_mask, skips, skip_masks = prog.encode(vq, x, inference.put(mask, prog.image_sharding(3)))
+    token_mask_host = inference.to_host(token_mask)
+    log(f"encode: {b} image(s), {token_mask_host.sum(axis=1).tolist()} of {mps_cfg.num_tokens} tokens to "
+        f"fill ({time.perf_counter() - t0:.1f} s)")
 
     t0 = time.perf_counter()
-    text_ids = get_tokenizer(mps_cfg.tokenizer, mps_cfg.text_len)(texts)
-    tokens = sample_tokens(mps_params, mps_cfg, tokens=indices.reshape(b, -1), token_mask=token_mask,
-                           image=x, text_ids=text_ids, rng=jax.random.PRNGKey(seed), num_samples=k,
-                           top_k=top_k, temperature=temperature)
+    put_rep = lambda v: inference.put(v, prog.replicated)  # noqa: E731
+    text_ids = inference.put(get_tokenizer(mps_cfg.tokenizer, mps_cfg.text_len)(texts), prog.image_sharding(2))
+    tokens = prog.sample(mps, indices, token_mask, x, text_ids, put_rep(jax.random.PRNGKey(seed)),
+                         put_rep(np.int32(min(int(top_k), mps_cfg.vqvae_vocab_size))),
+                         put_rep(np.float32(temperature)))
     tokens = jax.block_until_ready(tokens)
-    log(f"sample: {b * k} candidate(s), top_k {top_k}, temperature {temperature} "
+    log(f"sample: {b * k} candidate(s) on {where}, top_k {top_k}, temperature {temperature} "
         f"({time.perf_counter() - t0:.1f} s, compilation included)")
 
     t0 = time.perf_counter()
-    h, w = mps_cfg.grid
-    images = _decode(vq_params, tokens.reshape(b * k, h, w), skips, skip_masks, model=model, k=k)
-    candidates = np.asarray(images).reshape(b, k, r, r, 3)
+    images = prog.decode(vq, tokens, skips, skip_masks)
+    candidates = inference.to_host(images)[:b * k].reshape(b, k, r, r, 3)  # the padding rows go
     log(f"decode: {b * k} candidate(s) ({time.perf_counter() - t0:.1f} s)")
+    tokens = inference.to_host(tokens)[:b * k].reshape(b, k, -1)
 
-    tokens = np.asarray(tokens).reshape(b, k, -1)
     order, scores = np.broadcast_to(np.arange(k), (b, k)), None
-    if clip is not None:
+    if clip is not None:  # one CLIP pass over the candidates, on each process's first device
         from lip_jax.eval.clip_score import clip_score
 
         t0 = time.perf_counter()
@@ -139,7 +136,7 @@ def inpaint(vq_params, vq_cfg, mps_params, mps_cfg, image, mask, text: str | Seq
     take = lambda a: np.take_along_axis(a, order.reshape(order.shape + (1,) * (a.ndim - 2)), axis=1)  # noqa: E731
     candidates, tokens = take(candidates), take(tokens)
     return dict(best=candidates[:, 0], candidates=candidates, scores=scores, order=np.array(order),
-                tokens=tokens, token_mask=np.asarray(token_mask))
+                tokens=tokens, token_mask=token_mask_host)
 
 
 # --- photos of any size ---------------------------------------------------------------------------
@@ -159,15 +156,21 @@ class InpaintOutput:
 class Inpainter:
     """NUWA-LIP loaded once; call it on images (paths, PIL images or uint8 arrays) and masks."""
 
-    def __init__(self, weights: dict, config):
+    def __init__(self, weights: dict, config, mesh=None):
+        """`mesh`: default the config's `mesh` section (data parallel over every device without one).
+        Several processes: every process builds it and calls it with the same inputs."""
         self.config = config
         self.model, self.mps_cfg = check_models(config.vqgan, config.mps)
-        put = jax.device_put  # once, not at every call
-        self.vq, self.mps = put(weights["vqgan"]), put(weights["mps"])
+        self.mesh = mesh if mesh is not None else inference.mesh_of(config)
+        vq_sh, mps_sh = inference.weight_shardings(self.model, self.mps_cfg, self.mesh)
+        # once, not at every call
+        self.vq, self.mps = inference.place(weights["vqgan"], vq_sh), inference.place(weights["mps"], mps_sh)
+        put = jax.device_put  # the reranker runs on the first device (lip_jax.eval.clip_score)
         self.clip = (put(weights["clip"][0]), weights["clip"][1]) if weights.get("clip") else None
 
     @classmethod
-    def load(cls, ckpt: str, config, *, clip: str | None = None, clip_config: str | None = None) -> "Inpainter":
+    def load(cls, ckpt: str, config, *, clip: str | None = None, clip_config: str | None = None,
+             mesh=None) -> "Inpainter":
         """`ckpt`: a stage-2 workdir (or its params/), an orbax {mps, vqgan} or the official .pth;
         `config`: a ConfigDict or a config file spec with `mps` and `vqgan` sections; `clip`: a
         reranker (default: the checkpoint's clip_sim, if it has one)."""
@@ -182,7 +185,7 @@ class Inpainter:
         weights = load_lip(ckpt, config.mps, config.vqgan)
         if clip:
             weights["clip"] = load_clip_any(clip, clip_config)
-        return cls(weights, config)
+        return cls(weights, config, mesh)
 
     def __call__(self, image, mask, text: str | Sequence[str], *, num_samples: int | None = None,
                  top_k: int | None = None, temperature: float | None = None, seed: int = 0,
@@ -199,7 +202,7 @@ class Inpainter:
         cuts = [photo.to_model(p, h, size, context) for p, h in zip(photos, holes)]
         out = inpaint(self.vq, self.config.vqgan, self.mps, self.mps_cfg, to_unit(np.stack([c[0] for c in cuts])),
                       np.stack([c[1] for c in cuts]), text, num_samples=k, top_k=top_k, temperature=temperature,
-                      seed=seed, clip=self.clip, log=log)
+                      seed=seed, clip=self.clip, mesh=self.mesh, log=log)
         candidates = [np.stack([photo.paste(p, to_uint8(c), cut[2], h, composite=composite) for c in cands])
                       for p, h, cut, cands in zip(photos, holes, cuts, out["candidates"])]
         return InpaintOutput(images=[c[0] for c in candidates], candidates=candidates, scores=out["scores"],
