@@ -47,6 +47,7 @@ from lip_jax.app import inference, pipeline
 from lip_jax.app.checkpoints import fingerprint, load_clip_any, load_inception_any, load_lip, load_lpips_any
 from lip_jax.app.config import UsageError, apply_overrides, load_config
 from lip_jax.app.outputs import check_dir
+from lip_jax.paths import is_url, path as as_path
 from lip_jax.data.images import to_uint8, to_unit
 from lip_jax.eval.folder import (VISU, allgather, barrier, check_masks, compute_metrics, image_path,
                                  load_example, share)
@@ -95,11 +96,11 @@ def run(args) -> None:
     ids = ids[:n]
     check_masks(root, ids, mps_cfg.img_size)
     _check_guidance(root, ids)
-    clip_local = bool(args.clip) and os.path.exists(args.clip)
-    clip_spec = (os.path.abspath(args.clip) if clip_local else args.clip) if args.clip else None
+    clip_local = bool(args.clip) and as_path(args.clip).exists()
+    clip_spec = (str(as_path(args.clip)) if clip_local else args.clip) if args.clip else None
     # The images depend on the weights' content, not only on where they lie: a checksum of the files.
-    settings = dict(config=args.config, overrides=list(args.overrides), checkpoint=os.path.abspath(args.ckpt),
-                    checkpoint_fingerprint=fingerprint(args.ckpt), data=os.path.abspath(root), examples=n,
+    settings = dict(config=args.config, overrides=list(args.overrides), checkpoint=str(as_path(args.ckpt)),
+                    checkpoint_fingerprint=fingerprint(args.ckpt), data=str(as_path(root)), examples=n,
                     clip=clip_spec or "the checkpoint's clip_sim, if any",
                     clip_fingerprint=fingerprint(args.clip) if clip_local else None,
                     mps=config.mps.to_dict(), vqgan=config.vqgan.to_dict(),
@@ -132,13 +133,14 @@ def run(args) -> None:
         f"mesh {dict(mesh.shape)}; reranking: "
         + (f"CLIP from {clip_from}" if clip else "off (no CLIP weights)"))
 
-    os.makedirs(os.path.join(args.out, VISU), exist_ok=True)
-    if proc == 0 and not os.path.isfile(os.path.join(args.out, SETTINGS)):
-        _write_json(os.path.join(args.out, SETTINGS), settings)
+    (as_path(args.out) / VISU).mkdir(parents=True, exist_ok=True)
+    if proc == 0 and not (as_path(args.out) / SETTINGS).is_file():
+        _write_json(as_path(args.out) / SETTINGS, settings)
     generated = generate(weights, clip, config, mps_cfg, s, source, ids, args.out,
                          progress=not args.no_progress and proc == 0, say=say, mesh=mesh)
     barrier("lip_jax_eval_images")
-    missing = [i for i in ids if not os.path.isfile(image_path(args.out, i, 0))]
+    written = _written(args.out)
+    missing = [i for i in ids if image_path(args.out, i, 0) not in written]
     if missing:
         raise UsageError(f"{args.out}: {len(missing)} images missing after sampling (e.g. "
                          f"{image_path(args.out, missing[0], 0)}); is --out on storage shared by every host?")
@@ -150,7 +152,7 @@ def run(args) -> None:
                                   lpips=args.lpips, fid_weights=args.fid_weights, fid_stats=args.fid_stats,
                                   processes=nproc)
         result["counts"].update(sampled_this_run=generated)
-        _write_json(os.path.join(args.out, METRICS), result)
+        _write_json(as_path(args.out) / METRICS, result)
         m = result["metrics"]
         shown = ", ".join(f"{k} {v:.4g}" if v is not None else f"{k} null" for k, v in m.items())
         say(f"{shown}")
@@ -194,8 +196,8 @@ def _settings(config) -> dict:
 
 def _data_root(path: str) -> str:
     # The official MaskCOCO archive nests the layout in eval_visu/.
-    if not os.path.isdir(os.path.join(path, "gt")) and os.path.isdir(os.path.join(path, VISU, "gt")):
-        return os.path.join(path, VISU)
+    if not (as_path(path) / "gt").is_dir() and (as_path(path) / VISU / "gt").is_dir():
+        return os.path.join(path, VISU)  # a string join: a URL stays one
     return path
 
 
@@ -206,7 +208,7 @@ def _require_paths(args) -> None:
     if args.clip and not re.match(r"^[\w.-]+/[\w.-]+$", args.clip):  # else possibly a hub name
         need.append((args.clip, "CLIP weights"))
     for path, what in need:
-        if path and not os.path.exists(path):
+        if path and not as_path(path).exists():
             raise UsageError(f"{path}: no such {what} file or directory")
 
 
@@ -221,13 +223,12 @@ def _check_guidance(root: str, ids) -> None:
 
 def _check_settings(out: str, settings: dict) -> None:
     """Refuse to mix images made with other settings into one output directory."""
-    path = os.path.join(out, SETTINGS)
-    if not os.path.isfile(path):
+    path = as_path(out) / SETTINGS
+    if not path.is_file():
         return
     want = json.loads(json.dumps(settings, default=_jsonable))
     try:
-        with open(path) as f:
-            have = json.load(f)
+        have = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise UsageError(f"{path}: unreadable ({e}); use another --out or delete it") from e
     diff = [k for k in GUARDED if have.get(k) != want.get(k)]
@@ -265,7 +266,8 @@ def generate(weights, clip, config, mps_cfg, s, source, ids, out, progress=True,
     size, best_n = mps_cfg.img_size, s["best_n"]
     proc, nproc = jax.process_index(), jax.process_count()
     every = batches(len(ids), s["batch_size"])
-    unfinished = np.array([not all(os.path.isfile(image_path(out, ids[i], r)) for i in range(a, b)
+    written = _written(out)
+    unfinished = np.array([not all(image_path(out, ids[i], r) in written for i in range(a, b)
                                    for r in range(best_n)) for a, b in every], bool)
     # Every process must run the same batches: one that any process misses a file of is redone.
     unfinished = allgather(unfinished).any(axis=0)
@@ -293,7 +295,7 @@ def generate(weights, clip, config, mps_cfg, s, source, ids, out, progress=True,
             j = i - a
             for r in range(best_n):
                 path = image_path(out, ids[i], r)
-                if not os.path.isfile(path):
+                if path not in written:
                     _write_png(to_uint8(res["candidates"][j, r]), path)
         sampled += b - a
         bar.update(b - a)
@@ -303,20 +305,39 @@ def generate(weights, clip, config, mps_cfg, s, source, ids, out, progress=True,
 
 # --- files ----------------------------------------------------------------------------------------
 
+def _written(out) -> set[str]:
+    """The images already in OUT/eval_visu, as `image_path` names them: one listing, not a request
+    per image (on an object store each would be one)."""
+    from etils import epath
+
+    visu = epath.Path(image_path(out, "x", 0)).parent
+    return {str(visu / p.name) for p in visu.iterdir()} if visu.is_dir() else set()
+
+
 def _write_png(array: np.ndarray, path: str) -> None:
+    import io
+
     from PIL import Image
 
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp{os.getpid()}")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)  # atomic: a file with the final name is always complete
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    _write_whole(as_path(path), buf.getvalue())
 
 
-def _write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, allow_nan=False, default=_jsonable)
-        f.write("\n")
-    os.replace(tmp, path)
+def _write_json(path, obj) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False, default=_jsonable) + "\n"
+    _write_whole(as_path(path), text.encode())
+
+
+def _write_whole(path, data: bytes) -> None:
+    """A file with the final name is always complete: locally through a renamed temporary file; an
+    object-store upload is whole or absent by itself (and has no rename)."""
+    if is_url(path):
+        path.write_bytes(data)
+        return
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
 
 def _jsonable(x):
