@@ -3,9 +3,11 @@ TPU VM uses, without network or credentials: orbax's tensorstore `gcs` kvstore d
 and etils.epath (fsspec -> gcsfs) for everything else (orbax's metadata, our logs, grids, outputs).
 
 The server is gcp-storage-emulator's JSON API (objects, resumable and multipart uploads, listings
-with prefix and delimiter, deletes, copies), in memory, on a free loopback port, one per test. It
-does not enforce `ifGenerationMatch` preconditions, so it proves where bytes go, not how concurrent
-writers race. orbax finalizes a `gs://` checkpoint with a `commit_success.txt` file, not a rename,
+with prefix and delimiter, deletes, copies), in memory, on a free loopback port, one per test, with
+two additions tensorstore needs (`_patch_emulator`): generations on reads, and `ifGenerationMatch`
+on media uploads and deletes. It serves one request at a time, so it proves where bytes go and that
+conditional commits succeed, not how concurrent writers race. orbax finalizes a `gs://` checkpoint
+with a `commit_success.txt` file, not a rename,
 so no rename is needed on the bucket (the emulator has no `moveTo`; gcsfs would fall back to
 copy + delete after retries).
 
