@@ -202,3 +202,11 @@ def test_train_killed_and_resumed_in_a_bucket(gcs, cwd, vq_ckpt):
     assert any(n.startswith("test/run/tb/") and "tfevents" in n for n in names), names
     assert "test/run/.lock" not in names  # released at the end
     assert saved + 3 in _committed(gcs, ckpts)
+
+
+def test_a_missing_bucket_is_one_line_before_any_work(gcs, cwd, vq_ckpt, capsys):
+    dst = "gs://no-such-bucket-here/vq.pth"
+    assert main(["convert", "--kind", "dfvqgan", "--config", STAGE2, "--from", vq_ckpt, "--to", dst]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"lip-jax: error: --to {dst}: cannot write in gs://no-such-bucket-here"), err
