@@ -89,9 +89,9 @@ def weight_shardings(model: dfvqgan.DFVQGAN, cfg: MPSConfig, mesh: Mesh) -> tupl
 
 def put(x, target: NamedSharding):
     """One array onto `target`; on several processes every process passes the same full array."""
-    if isinstance(x, jax.Array) or target.is_fully_addressable:
+    if target.is_fully_addressable or (isinstance(x, jax.Array) and not x.is_fully_addressable):
         return jax.device_put(x, target)  # a no-op when already there
-    x = np.asarray(x)
+    x = np.asarray(x)  # this process's full copy: each process fills its own devices' shards
     return jax.make_array_from_callback(x.shape, target, lambda index: x[index])
 
 
