@@ -49,7 +49,7 @@ def build(preset: str) -> ml_collections.ConfigDict:
         top_k=128,             # official tk
         temperature=1.0,
         seed=42,               # per batch: derived from (seed, index of its first example)
-        batch_size=8,          # images per sampling batch (per process)
+        batch_size=8,          # images per sampling batch (global: its rows are split over every device)
         clip_resize="nearest",  # the official reranker's F.interpolate(size=224); "bicubic" = OpenAI's
         clip_config="",        # CLIP preset for --clip when head counts are not width / 64
         metric_batch_size=32,  # images per LPIPS / Inception / CLIP-score batch (per process)
