@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from eval_data import write_dataset
 from random_weights import random_params
 
 from lip_jax.app import evaluate as E
@@ -39,22 +40,6 @@ N = 5
 SETTINGS = ["--config.eval.sample_K=3", "--config.eval.best_n=2", "--config.eval.batch_size=2",
             "--config.eval.clip_resize=bicubic"]
 CLIP_CFG = C.ClipConfig.from_any("tiny")
-
-
-def write_dataset(d, n=N, size=32, seed=0):
-    rng = np.random.default_rng(seed)
-    for sub in ("gt", "mask", "mask_img", "guidance"):
-        os.makedirs(os.path.join(d, sub), exist_ok=True)
-    for i in range(n):
-        img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        m = np.zeros((size, size), np.uint8)
-        m[2 + 3 * i:18 + i, 4:12 + 4 * i] = 255
-        Image.fromarray(img).save(os.path.join(d, "gt", f"{i:04d}.png"))
-        Image.fromarray(m).save(os.path.join(d, "mask", f"{i:04d}.mask.png"))
-        Image.fromarray(np.where(m[..., None] > 0, 0, img).astype(np.uint8)).save(
-            os.path.join(d, "mask_img", f"{i:04d}.png"))
-        with open(os.path.join(d, "guidance", f"{i:04d}.txt"), "w") as f:
-            f.write(f"a {['red', 'green', 'blue'][i % 3]} circle\nsecond line is ignored\n")
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from eval_data import write_dataset
 from random_weights import random_params
 
 from lip_jax.app import pipeline as P
@@ -99,21 +100,6 @@ print("RESULT " + json.dumps(dict(calls=calls, planned=planned, info=info, times
 """
 
 
-def write_eval_set(d, n=5, size=32):
-    rng = np.random.default_rng(0)
-    for sub in ("gt", "mask", "mask_img", "guidance"):
-        os.makedirs(os.path.join(d, sub), exist_ok=True)
-    for i in range(n):
-        img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        m = np.zeros((size, size), np.uint8)
-        m[2 + 3 * i:18 + i, 4:12 + 4 * i] = 255
-        Image.fromarray(img).save(os.path.join(d, "gt", f"{i:04d}.png"))
-        Image.fromarray(m).save(os.path.join(d, "mask", f"{i:04d}.mask.png"))
-        Image.fromarray(np.where(m[..., None] > 0, 0, img).astype(np.uint8)).save(os.path.join(d, "mask_img", f"{i:04d}.png"))
-        with open(os.path.join(d, "guidance", f"{i:04d}.txt"), "w") as f:
-            f.write(f"a {['red', 'green', 'blue'][i % 3]} circle\n")
-
-
 def _inpaint_argv(root, tag, *extra):
     return ["inpaint", "--config", CONFIG, "--ckpt", str(root / "ckpt"), "--image", str(root / "img.png"),
             "--mask", str(root / "mask.png"), "--text", "a red car", "--num-samples", "3", "--seed", str(SEED),
@@ -143,7 +129,7 @@ def runs(tmp_path_factory):
     m = np.zeros((32, 32), np.uint8)
     m[10:20, 3:17] = 255
     Image.fromarray(m).save(root / "mask.png")
-    write_eval_set(str(root / "data"))
+    write_dataset(str(root / "data"))
 
     spec = dict(seed=SEED, texts=TEXTS, inpaint=_inpaint_argv(root, "4", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"),
                 eval=_eval_argv(root, "4"))
