@@ -6,6 +6,8 @@ user asked. A URL is never turned into a local path (`os.path.abspath("gs://b")`
 from __future__ import annotations
 
 import os
+import tempfile
+import uuid
 
 from etils import epath
 
@@ -24,3 +26,23 @@ def path(p: PathLike) -> epath.Path:
         return p
     s = os.fspath(p)
     return epath.Path(s) if is_url(s) else epath.Path(os.path.abspath(os.path.expanduser(s)))
+
+
+def write_probe(directory: epath.Path) -> None:
+    """Create and delete an empty file in `directory` (an existing local directory, or any prefix of
+    an object store, where folders need not exist): proves writability before any work. Raises what
+    the filesystem raises (OSError locally; object-store clients their own types)."""
+    if is_url(directory):
+        probe = directory / f".lip-jax-probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        try:
+            probe.unlink()
+        except Exception:  # the write proved it; a leftover probe object is harmless
+            pass
+        return
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".lip-jax-probe-")
+    os.close(fd)
+    try:
+        os.remove(tmp)
+    except OSError:
+        pass

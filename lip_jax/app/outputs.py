@@ -13,39 +13,25 @@ from __future__ import annotations
 
 import errno
 import os
-import tempfile
-import uuid
 
 from etils import epath
 
 from lip_jax.app.config import UsageError
-from lip_jax.paths import PathLike, is_url, path as as_path
+from lip_jax.paths import PathLike, is_url, path as as_path, write_probe
 
 
 def _probe(directory: epath.Path, flag: str, path: PathLike) -> None:
-    """Create and delete a temporary file in `directory` (an existing directory, or any prefix of an
-    object store, where folders need not exist)."""
-    if is_url(directory):
-        probe = directory / f".lip-jax-probe-{uuid.uuid4().hex}"
-        try:
-            probe.write_bytes(b"")
-        except Exception as e:  # gcsfs and friends raise their own types (HttpError, ...): any is a no
-            raise UsageError(f"{flag} {path}: cannot write in {directory} ({_reason(e)})") from None
-        try:
-            probe.unlink()
-        except Exception:
-            pass
-        return
+    """`directory` takes a file (lip_jax.paths.write_probe), else one UsageError line."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".lip-jax-probe-")
-    except OSError as e:
-        reason = "read-only filesystem" if e.errno == errno.EROFS else e.strerror or type(e).__name__
+        write_probe(directory)
+    except Exception as e:
+        if is_url(directory):  # gcsfs and friends raise their own types (HttpError, ...): any is a no
+            reason = _reason(e)
+        elif isinstance(e, OSError):
+            reason = "read-only filesystem" if e.errno == errno.EROFS else e.strerror or type(e).__name__
+        else:
+            raise
         raise UsageError(f"{flag} {path}: cannot write in {directory} ({reason})") from None
-    os.close(fd)
-    try:
-        os.remove(tmp)
-    except OSError:
-        pass
 
 
 def _client(p: epath.Path, flag: str, shown: PathLike) -> None:

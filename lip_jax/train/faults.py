@@ -16,12 +16,11 @@ import math
 import os
 import signal
 import socket
-import tempfile
 
 import jax
 import jax.numpy as jnp
 
-from lip_jax.paths import is_url, path
+from lip_jax.paths import is_url, path, write_probe
 
 INTERRUPTED_EXIT, DIVERGED_EXIT, SAVE_FAILED_EXIT = 75, 3, 74
 
@@ -55,13 +54,7 @@ def check_writable(workdir) -> None:
         if wd.exists() and not wd.is_dir():
             raise ConfigError(f"{workdir}: the workdir is a file")
         wd.mkdir(parents=True, exist_ok=True)
-        if is_url(wd):  # object stores: a real write proves the credentials and the bucket
-            probe = wd / f".probe-{socket.gethostname()}-{os.getpid()}"
-            probe.write_text("")
-            probe.unlink()
-        else:
-            with tempfile.NamedTemporaryFile(dir=wd, prefix=".probe"):
-                pass
+        write_probe(wd)
     except ConfigError:
         raise
     except OSError as e:
