@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="runs/demo", help="run directory (default: runs/demo)")
     p.add_argument("--config", default=DEMO_CONFIG, help="demo config file (default: configs/shapes_demo.py)")
     p.add_argument("--images", type=int, help="held-out images to inpaint (default: from the config)")
+    p.add_argument("--quality", action="store_true",
+                   help="train longer (the config's :quality entry; the README gives its time and numbers)")
     p.set_defaults(fn="demo.run")
     return parser
 

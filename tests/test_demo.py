@@ -11,7 +11,7 @@ from lip_jax.app.config import load_config
 from lip_jax.cli import main
 from lip_jax.data import DataError
 from lip_jax.data.shapes import COLOURS, Shapes, caption, dominant, object_mask, scene
-from lip_jax.app.demo import counterfactual, follow_rates, held_out
+from lip_jax.app.demo import counterfactual, demo_config, follow_rates, held_out
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "shapes_demo.py")
@@ -68,7 +68,7 @@ def test_demo_smoke_end_to_end(tmp_path, capsys):
     for name in ("demo.png", "report.md", "report.json", "stage1/params", "stage2/params"):
         assert os.path.exists(os.path.join(work, name)), name
     report = json.load(open(os.path.join(work, "report.json")))
-    assert report["images"] == 4
+    assert report["images"] == 4 and report["config"] == "shapes_demo.py:smoke"
     for which in ("true_caption", "counterfactual_caption"):
         assert set(report[which]["follows"]) == {"colour", "shape", "colour_and_shape"}
         assert np.isfinite(report[which]["psnr_outside_hole"])
@@ -96,3 +96,17 @@ def test_demo_bad_arguments(tmp_path, capsys):
     assert main(["demo", "--config", str(tmp_path / "none.py"), "--workdir", str(tmp_path)]) == 2
     assert "demo config not found" in capsys.readouterr().err
     assert main(["demo", "--config", CONFIG + ":smoke", "--images", "0", "--workdir", str(tmp_path)]) == 2
+
+
+def test_quality_picks_the_longer_entry(capsys):
+    from lip_jax.cli import build_parser
+
+    default, name = demo_config(CONFIG)
+    quality, qname = demo_config(CONFIG, quality=build_parser().parse_args(["demo", "--quality"]).quality)
+    assert (name, qname) == ("shapes_demo.py:demo", "shapes_demo.py:quality")
+    for stage in ("stage1", "stage2"):
+        assert quality[stage].train.total_steps > default[stage].train.total_steps
+        assert quality[stage].train.save_every == quality[stage].train.total_steps  # one save, at the end
+    assert quality.eval == default.eval  # the same held-out scenes, read the same way
+    assert main(["demo", "--config", CONFIG + ":smoke", "--quality"]) == 2
+    assert "--quality picks the :quality entry" in capsys.readouterr().err

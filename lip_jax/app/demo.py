@@ -232,11 +232,23 @@ def report_markdown(report: dict) -> str:
         f"| reader on the ground truth | {100 * g['colour']:.0f}% | {100 * g['shape']:.0f}% "
         f"| {100 * g['colour_and_shape']:.0f}% | | |",
         "",
-        f"Sampling: top-k {report['top_k']}, temperature {report['temperature']}, {ranking}. "
+        f"Config `{report.get('config', 'shapes_demo.py:demo')}`. Sampling: top-k {report['top_k']}, temperature {report['temperature']}, {ranking}. "
         f"Training: stage 1 {report['train']['stage1_s']:.0f} s, stage 2 {report['train']['stage2_s']:.0f} s; "
         f"evaluation {report.get('eval_s', 0):.0f} s; total {report['total_s']:.0f} s.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def demo_config(config: str, quality: bool = False):
+    """(config, its name for the report) from `--config FILE[:ENTRY]` and `--quality` (FILE:quality)."""
+    path, _, entry = config.partition(":")
+    if not os.path.isfile(path):
+        raise UsageError(f"{path}: demo config not found (run from a source checkout, or pass --config)")
+    if quality:
+        if entry:
+            raise UsageError(f"{config}: --quality picks the :quality entry; drop :{entry} or --quality")
+        entry = "quality"
+    return load_config(f"{path}:{entry}" if entry else path), f"{os.path.basename(path)}:{entry or 'demo'}"
 
 
 def run(args) -> None:
@@ -247,10 +259,7 @@ def run(args) -> None:
     from lip_jax.train.trainer import train
 
     t_start = time.perf_counter()
-    path = args.config.split(":")[0]
-    if not os.path.isfile(path):
-        raise UsageError(f"{path}: demo config not found (run from a source checkout, or pass --config)")
-    cfg = load_config(args.config)
+    cfg, name = demo_config(args.config, getattr(args, "quality", False))
     if args.images is not None:
         if args.images < 1:
             raise UsageError(f"--images must be >= 1, got {args.images}")
@@ -280,6 +289,7 @@ def run(args) -> None:
     report, grid = evaluate(cfg, inpainter, cfg.eval.num_images)
     report["eval_s"] = time.perf_counter() - t0
     report["train"] = timings
+    report["config"] = name
     report["total_s"] = time.perf_counter() - t_start
     Image.fromarray(grid).save(os.path.join(work, "demo.png"))
     with open(os.path.join(work, "report.json"), "w") as f:

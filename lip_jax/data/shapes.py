@@ -96,15 +96,20 @@ def render(objects: list[Shape], seed: int, index: int, size: int, texture: floa
     im = Image.fromarray(_background(rng, size, texture))
     draw = ImageDraw.Draw(im)
     for o in objects:
-        left, top, right, bottom = (v * size for v in o.box)
-        fill = COLOURS[o.colour]
-        if o.shape == "circle":
-            draw.ellipse([left, top, right, bottom], fill=fill)
-        elif o.shape == "square":
-            draw.rectangle([left, top, right, bottom], fill=fill)
-        else:
-            draw.polygon([((left + right) / 2, top), (right, bottom), (left, bottom)], fill=fill)
+        _draw(draw, o.shape, [v * size for v in o.box], COLOURS[o.colour])
     return np.asarray(im)
+
+
+def _draw(draw: ImageDraw.ImageDraw, shape: str, box, fill) -> None:
+    """The one way a shape is drawn in its box (left, top, right, bottom in pixels): the scenes and
+    the reader's templates."""
+    left, top, right, bottom = box
+    if shape == "circle":
+        draw.ellipse([left, top, right, bottom], fill=fill)
+    elif shape == "square":
+        draw.rectangle([left, top, right, bottom], fill=fill)
+    else:
+        draw.polygon([((left + right) / 2, top), (right, bottom), (left, bottom)], fill=fill)
 
 
 class Shapes:
@@ -176,10 +181,19 @@ def dominant(image: np.ndarray, region: np.ndarray, min_fraction: float = 0.1):
     `region` is a bool [H, W] mask (e.g. an inpainted hole); it should contain
     the whole object for the shape to be read correctly. Returns
     (colour, shape), or (None, None) when fewer than `min_fraction` of the
-    region's pixels are saturated (background only). The shape comes from how
-    much of its bounding box the object fills: square ~1, circle ~pi/4,
-    triangle ~1/2.
+    region's pixels are saturated (background only).
+
+    The colour is the most common palette hue among the saturated pixels; the
+    object is the largest connected blob of that colour (a stray speck is not
+    part of it). The shape is the one whose template, drawn in the blob's
+    bounding box as the scenes draw it, overlaps the blob best (IoU). Exact on
+    the ground truth; unlike a threshold on how much of the box is filled, a
+    blur of the edges (what a 4-pixel VQ token leaves) moves every template's
+    overlap alike: blurred ground truth at 32 px reads right 97.5% of the time
+    at sigma 1 px (the fill-ratio reader: 90%; tests/test_data_shapes.py).
     """
+    from scipy import ndimage
+
     if image.shape[:2] != region.shape:
         raise DataError(f"image {image.shape[:2]} and region {region.shape} differ in size")
     hsv = np.asarray(Image.fromarray(image).convert("HSV"))
@@ -189,7 +203,14 @@ def dominant(image: np.ndarray, region: np.ndarray, min_fraction: float = 0.1):
     labels = np.full(region.shape, -1)
     labels[saturated] = _hue_to_colour(hsv[..., 0][saturated])
     best = int(np.bincount(labels[saturated], minlength=len(COLOURS)).argmax())
-    ys, xs = np.nonzero(labels == best)
-    fill = len(ys) / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
-    shape = "square" if fill > 0.9 else "circle" if fill > 0.65 else "triangle"
-    return list(COLOURS)[best], shape
+    blobs, count = ndimage.label(labels == best)
+    blob = blobs == 1 + int(np.bincount(blobs.ravel(), minlength=count + 1)[1:].argmax())
+    ys, xs = np.nonzero(blob)
+    box = (xs.min(), ys.min(), xs.max(), ys.max())
+    overlap = {}
+    for shape in SHAPES:
+        template = Image.new("1", (blob.shape[1], blob.shape[0]))
+        _draw(ImageDraw.Draw(template), shape, box, 1)
+        t = np.asarray(template, bool)
+        overlap[shape] = (t & blob).sum() / (t | blob).sum()
+    return list(COLOURS)[best], max(SHAPES, key=overlap.get)
