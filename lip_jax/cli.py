@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train both stages on synthetic shapes and inpaint with true and "
                                     "counterfactual captions (CPU, minutes)")
-    p.add_argument("--workdir", default="runs/demo", help="run directory (default: runs/demo)")
+    p.add_argument("--workdir", help="run directory (default: runs/demo, with --quality runs/demo-quality)")
     p.add_argument("--config", default=DEMO_CONFIG, help="demo config file (default: configs/shapes_demo.py)")
     p.add_argument("--images", type=int, help="held-out images to inpaint (default: from the config)")
     p.add_argument("--quality", action="store_true",

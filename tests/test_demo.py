@@ -90,6 +90,25 @@ def test_demo_smoke_end_to_end(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "stage1 already trained" in err and "demo: training stage2" in err
     assert os.path.isdir(os.path.join(work, "stage2", "params"))
+    # Another config (as the default demo's workdir under --quality) is refused before any work: its
+    # stages would otherwise be taken for this config's.
+    other = tmp_path / "other_demo.py"
+    other.write_text(f"""import importlib.util
+spec = importlib.util.spec_from_file_location("shapes_demo", {CONFIG!r})
+shapes_demo = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(shapes_demo)
+
+
+def get_config(arg=None):
+    c = shapes_demo.smoke()
+    c.stage2.train.update(total_steps=3, save_every=3)
+    return c
+""")
+    before = sorted(os.listdir(os.path.join(work, "stage2")))
+    assert main(["demo", "--config", str(other), "--workdir", work]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lip-jax: error: {os.path.join(work, 'stage2')}: trained with another demo config")
+    assert len(err.strip().splitlines()) == 1 and sorted(os.listdir(os.path.join(work, "stage2"))) == before
 
 
 def test_demo_bad_arguments(tmp_path, capsys):
@@ -104,8 +123,9 @@ def test_quality_picks_the_longer_entry(capsys):
     default, name = demo_config(CONFIG)
     quality, qname = demo_config(CONFIG, quality=build_parser().parse_args(["demo", "--quality"]).quality)
     assert (name, qname) == ("shapes_demo.py:demo", "shapes_demo.py:quality")
+    assert quality.stage1.train.total_steps > default.stage1.train.total_steps
     for stage in ("stage1", "stage2"):
-        assert quality[stage].train.total_steps > default[stage].train.total_steps
+        assert quality[stage].train.total_steps >= default[stage].train.total_steps
         assert quality[stage].train.save_every == quality[stage].train.total_steps  # one save, at the end
     assert quality.eval == default.eval  # the same held-out scenes, read the same way
     assert main(["demo", "--config", CONFIG + ":smoke", "--quality"]) == 2

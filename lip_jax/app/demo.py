@@ -239,6 +239,22 @@ def report_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+RECORD = "demo_config.json"  # in each stage's directory: the config it was trained with
+
+
+def _recipe(config) -> str:
+    """A stage's config as JSON, without where the workdir is (a moved workdir stays the same run)."""
+    c = config.copy_and_resolve_references()
+    if "vqgan_ckpt" in c:
+        c.vqgan_ckpt = ""
+    return c.to_json(sort_keys=True, indent=1)
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
 def demo_config(config: str, quality: bool = False):
     """(config, its name for the report) from `--config FILE[:ENTRY]` and `--quality` (FILE:quality)."""
     path, _, entry = config.partition(":")
@@ -259,12 +275,21 @@ def run(args) -> None:
     from lip_jax.train.trainer import train
 
     t_start = time.perf_counter()
-    cfg, name = demo_config(args.config, getattr(args, "quality", False))
+    quality = getattr(args, "quality", False)
+    cfg, config_name = demo_config(args.config, quality)
     if args.images is not None:
         if args.images < 1:
             raise UsageError(f"--images must be >= 1, got {args.images}")
         cfg.eval.num_images = args.images
-    work = os.path.abspath(args.workdir)
+    work = os.path.abspath(args.workdir or ("runs/demo-quality" if quality else "runs/demo"))
+    cfg.stage2.vqgan_ckpt = os.path.join(work, "stage1")
+    # A rerun resumes or reuses each stage; one trained (or begun) with another config, e.g. the
+    # default demo's stage 1 under --quality, would be taken for this one: refused before any work.
+    for name in ("stage1", "stage2"):
+        record = os.path.join(work, name, RECORD)
+        if os.path.exists(record) and _read(record) != _recipe(cfg[name]):
+            raise UsageError(f"{os.path.join(work, name)}: trained with another demo config than "
+                             f"{config_name}; pass another --workdir")
     os.makedirs(work, exist_ok=True)
     timings = {}
 
@@ -277,11 +302,13 @@ def run(args) -> None:
         else:
             _say(f"demo: training {name} ({config.train.total_steps} steps, batch {config.data.batch_size}, "
                  f"{config.data.image_size} px)")
+            os.makedirs(os.path.join(work, name), exist_ok=True)
+            with open(os.path.join(work, name, RECORD), "w") as f:
+                f.write(_recipe(config))
             train(config, os.path.join(work, name))
         timings[f"{name}_s"] = time.perf_counter() - t0
 
     stage("stage1", cfg.stage1)
-    cfg.stage2.vqgan_ckpt = os.path.join(work, "stage1")
     stage("stage2", cfg.stage2)
     _say(f"demo: inpainting {cfg.eval.num_images} held-out scenes with true and counterfactual captions")
     inpainter = Inpainter(load_lip(os.path.join(work, "stage2"), cfg.stage2.mps, cfg.stage2.vqgan), cfg.stage2)
@@ -289,7 +316,7 @@ def run(args) -> None:
     report, grid = evaluate(cfg, inpainter, cfg.eval.num_images)
     report["eval_s"] = time.perf_counter() - t0
     report["train"] = timings
-    report["config"] = name
+    report["config"] = config_name
     report["total_s"] = time.perf_counter() - t_start
     Image.fromarray(grid).save(os.path.join(work, "demo.png"))
     with open(os.path.join(work, "report.json"), "w") as f:
