@@ -21,11 +21,12 @@ Demo-scale choices (issue 17; each measured, see the README's demo section):
   recipe keeps a constant rate): the last steps at a high constant rate left the decoder noisy
   (PSNR outside the hole 26.8 -> 29.4 dB on the demo's scenes); no previews, one save per stage
   (every compilation and checkpoint counts in a 10-minute budget);
-- steps: the MP-S2S learns the shape words late (stage 1 at 1000 steps: its holes show the caption's
-  shape in 38% of the scenes after 500 stage-2 steps, 65% after 1500), so the default spends its
-  10 minutes on 1000 + 1500 steps; `:quality` adds 1000 stage-1 steps (PSNR outside the hole
-  30 -> 35 dB, shape 65 -> 75%); one candidate per hole (ranking 4 by the MP-S2S's own likelihood
-  moved the shape rate by -12 to +8 points: noise at 48 scenes).
+- steps: the MP-S2S learns the shape words late (stage 1 at 1000 steps: its holes show the true /
+  counterfactual caption's shape in 48 / 35% of the scenes after 500 stage-2 steps, 65 / 65% after
+  1500; 1500 + 1000 steps: 52 / 38%), so the default spends its 10 minutes on 1000 + 1500 steps;
+  `:quality` adds 1000 stage-1 steps (PSNR outside the hole 30 -> 35 dB, shape 65 -> 75 / 69%);
+  one candidate per hole (ranking 4 by the MP-S2S's own likelihood moved the shape rate by -12 to
+  +8 points: noise at 48 scenes).
 """
 
 import os
