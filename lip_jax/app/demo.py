@@ -232,7 +232,8 @@ def report_markdown(report: dict) -> str:
         f"| reader on the ground truth | {100 * g['colour']:.0f}% | {100 * g['shape']:.0f}% "
         f"| {100 * g['colour_and_shape']:.0f}% | | |",
         "",
-        f"Config `{report.get('config', 'shapes_demo.py:demo')}`. Sampling: top-k {report['top_k']}, temperature {report['temperature']}, {ranking}. "
+        f"Config `{report.get('config', 'shapes_demo.py:demo')}`. "
+        f"Sampling: top-k {report['top_k']}, temperature {report['temperature']}, {ranking}. "
         f"Training: stage 1 {report['train']['stage1_s']:.0f} s, stage 2 {report['train']['stage2_s']:.0f} s; "
         f"evaluation {report.get('eval_s', 0):.0f} s; total {report['total_s']:.0f} s.",
     ]
