@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import sys
 import time
 
@@ -251,11 +252,6 @@ def _recipe(config) -> str:
     return c.to_json(sort_keys=True, indent=1)
 
 
-def _read(path: str) -> str:
-    with open(path) as f:
-        return f.read()
-
-
 def demo_config(config: str, quality: bool = False):
     """(config, its name for the report) from `--config FILE[:ENTRY]` and `--quality` (FILE:quality)."""
     path, _, entry = config.partition(":")
@@ -288,7 +284,7 @@ def run(args) -> None:
     # default demo's stage 1 under --quality, would be taken for this one: refused before any work.
     for name in ("stage1", "stage2"):
         record = os.path.join(work, name, RECORD)
-        if os.path.exists(record) and _read(record) != _recipe(cfg[name]):
+        if os.path.exists(record) and pathlib.Path(record).read_text() != _recipe(cfg[name]):
             raise UsageError(f"{os.path.join(work, name)}: trained with another demo config than "
                              f"{config_name}; pass another --workdir")
     os.makedirs(work, exist_ok=True)
@@ -304,8 +300,7 @@ def run(args) -> None:
             _say(f"demo: training {name} ({config.train.total_steps} steps, batch {config.data.batch_size}, "
                  f"{config.data.image_size} px)")
             os.makedirs(os.path.join(work, name), exist_ok=True)
-            with open(os.path.join(work, name, RECORD), "w") as f:
-                f.write(_recipe(config))
+            pathlib.Path(work, name, RECORD).write_text(_recipe(config))
             train(config, os.path.join(work, name))
         timings[f"{name}_s"] = time.perf_counter() - t0
 
