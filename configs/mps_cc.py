@@ -41,7 +41,8 @@ def build(preset: str) -> ml_collections.ConfigDict:
                    max_skipped_steps=10, skip_grad_norm=float("inf"),  # divergence guard (lip_jax.train.faults)
                    optimizer="transformers_adamw", max_grad_norm=0.0, init_ckpt="", log_details=False,
                    log_every=50, save_every=5000, sample_every=0, keep=3)
-    c.sample = dict(top_k=128, temperature=1.0, num_samples=2, best_n=2)  # official tk, sample_K, best_n
+    c.sample = dict(top_k=128, temperature=1.0, num_samples=2, best_n=2,  # official tk, sample_K, best_n
+                    decoder="auto")  # auto | sequential | parallel (lip_jax.sample); eval uses it too
     # `lip-jax eval` of this model (the official lip4maskcoco evaluation settings).
     c.eval = dict(
         sample_K=2,            # candidates sampled per image (official sample_K)

@@ -169,6 +169,150 @@ def fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
+# --- sequential against parallel decoding (--decoders) -----------------------------------------------
+
+def decoder_flops_per_position(cfg, cache_len, chunk) -> float:
+    """Matmul FLOPs of one decoder position in a cached pass: projections, attention over the whole
+    cache and the chunk (dense, masked), cross-attention, GEGLU, the logits head."""
+    d, inner = cfg.dim, cfg.inner_dim
+    per_layer = (2 * 4 * d * inner + 2 * 2 * inner * (cache_len + chunk) + 2 * 2 * d * inner
+                 + 2 * 2 * cfg.cond_len * inner + 2 * d * 2 * cfg.ff_mult * d + 2 * cfg.ff_mult * d * d)
+    return cfg.dec_depth * per_layer + 2 * d * cfg.vqvae_vocab_size
+
+
+def sequential_schedule(cfg, mask) -> tuple[int, float]:
+    """(decoder passes, FLOPs) of the sequential decoder on one row's hole mask, piece by piece as
+    lip_jax.sample.sequential runs them (bulk pieces for the known runs, then one position)."""
+    sizes = sorted({min(s, cfg.num_tokens + 1) for s in sample.sequential.BULK_SIZES}, reverse=True)
+    t = cfg.num_tokens + 1
+    passes, flops, start = 0, 0.0, 0
+    for g in np.flatnonzero(mask):
+        left = g - start  # positions [start, g - 1] in bulk
+        for size, below in zip(sizes, sizes[1:] + [0]):
+            while left > below:
+                passes, flops, left = passes + 1, flops + size * decoder_flops_per_position(cfg, t, size), left - size
+        passes, flops, start = passes + 1, flops + decoder_flops_per_position(cfg, t, 1), g + 1
+    return passes, flops
+
+
+def demo_inputs(workdir, count):
+    """The demo's trained stage 2 (`lip-jax demo`'s workdir) and its held-out scenes' tokens."""
+    from lip_jax.app.config import load_config
+    from lip_jax.app.demo import held_out
+    from lip_jax.app.pipeline import Inpainter
+    from lip_jax.data.images import to_unit
+    from lip_jax.models import dfvqgan
+    from lip_jax.models.tokenizer import get_tokenizer
+
+    stage2 = os.path.join(workdir, "stage2")
+    if not os.path.isdir(os.path.join(stage2, "params")):
+        raise UsageError(f"{stage2}: no trained stage 2 (params/): run `lip-jax demo --workdir {workdir}` first")
+    config = load_config("configs/shapes_demo.py:demo")
+    inp = Inpainter.load(stage2, "configs/shapes_demo.py:stage2")
+    data = held_out(config, count)
+    x, m = to_unit(data["image"]), data["mask"]
+    model = dfvqgan.from_config(inp.config.vqgan)
+    enc = model.apply({"params": inp.vq}, np.where(m[..., None], 0.0, x).astype(np.float32), m,
+                      method=dfvqgan.DFVQGAN.encode)
+    cfg = inp.mps_cfg
+    s = inp.config.sample
+    return inp.mps, cfg, dict(tokens=np.asarray(enc["indices"]).reshape(count, -1),
+                              token_mask=np.asarray(enc["skip_masks"][-1]).reshape(count, -1),
+                              image=np.where(m[..., None], 0.0, x).astype(np.float32),
+                              text_ids=get_tokenizer(cfg.tokenizer, cfg.text_len)(data["true_text"])), (s.top_k, s.temperature)
+
+
+def compare(name, params, cfg, x, batch, top_k, temperature, reps, options, decoders):
+    """Every decoder on the same rows in calls of `batch` images: passes, tokens per pass, time, FLOPs."""
+    count = x["tokens"].shape[0] // batch * batch
+    holes = np.asarray(x["token_mask"][:count]).sum()
+    rows = []
+    for label, opts in decoders:
+        def run(seed, with_stats=False):
+            out, passes = [], []
+            for i in range(0, count, batch):
+                kw = {k: jnp.asarray(v[i:i + batch]) for k, v in x.items()}
+                if opts is None:
+                    out.append(sample.sample_tokens(params, cfg, rng=jax.random.PRNGKey(seed + i), top_k=top_k,
+                                                    temperature=temperature, decoder="sequential", **kw))
+                else:
+                    o, p = sample.jacobi_tokens(params, cfg, rng=jax.random.PRNGKey(seed + i), top_k=top_k,
+                                                temperature=temperature, with_stats=True, **opts, **kw)
+                    out.append(o)
+                    passes.append(int(np.asarray(p).max()))  # the loop runs until its slowest row is done
+            return np.concatenate([np.asarray(o) for o in jax.block_until_ready(out)]), passes
+
+        t0 = time.perf_counter()
+        run(0)
+        compile_s = time.perf_counter() - t0
+        times = []
+        for r in range(reps):
+            t0 = time.perf_counter()
+            tokens, passes = run(1)
+            times.append(time.perf_counter() - t0)
+        if opts is None:
+            sched = [sequential_schedule(cfg, m) for m in np.asarray(x["token_mask"][:count])]
+            per_call = [max(s[0] for s in sched[i:i + batch]) for i in range(0, count, batch)]
+            flops = sum(s[1] for s in sched)
+        else:
+            per_call = passes
+            w = max(1, min(opts["window"], cfg.num_tokens))
+            flops = sum(per_call) * batch * w * decoder_flops_per_position(cfg, cfg.num_tokens + w, w)
+        rows.append(dict(model=name, batch=batch, top_k=top_k, temperature=temperature, decoder=label,
+                         passes_per_call=float(np.mean(per_call)), holes_per_image=float(holes / count),
+                         tokens_per_pass=holes / count / float(np.mean(per_call)),
+                         s_per_image=float(np.median(times)) / count, times_s=times,
+                         compile_s=compile_s - float(np.median(times)),
+                         gflops_per_token=flops / holes / 1e9, tokens=tokens))
+    base, ref = rows[0], rows[0]["tokens"]
+    for r in rows:
+        r["fewer_passes"] = base["passes_per_call"] / r["passes_per_call"]
+        r["speedup"] = base["s_per_image"] / r["s_per_image"]
+        r["greedy_equal"] = bool(np.array_equal(r["tokens"], ref)) if top_k == 1 else None
+    for r in rows:
+        del r["tokens"]
+    return rows
+
+
+def decoders_main(args, overrides):
+    levers = [("sequential", None)]
+    for w in [int(v) for v in args.windows.split(",")]:
+        for draft in args.drafts.split(","):
+            for coupled in [bool(int(v)) for v in args.coupled.split(",")]:
+                levers.append((f"parallel w{w} {draft}{'' if coupled else ' fresh'}",
+                               dict(window=w, draft=draft, coupled=coupled)))
+    cases = []
+    if "demo" in args.models:
+        params, cfg, x, (top_k, temperature) = demo_inputs(args.demo_workdir, args.images)
+        cases.append(("demo", params, cfg, x, [(1, 1.0), (top_k, temperature)]))
+    if "mid" in args.models:
+        cfg = mps2s.MPSConfig.from_any("mid")
+        n = max(args.batches_list())
+        cases.append(("mid (random)", jax.device_put(random_params(cfg)), cfg,
+                      {k: np.asarray(v) for k, v in inputs(cfg, n, args.hole).items()}, [(1, 1.0), (128, 1.0)]))
+    rows = []
+    for name, params, cfg, x, settings in cases:
+        for batch in args.batches_list():
+            for top_k, temperature in settings:
+                if name.startswith("mid") and batch == 1:
+                    x1 = {k: v[:args.mid_images] for k, v in x.items()}
+                else:
+                    x1 = x if not name.startswith("mid") else {k: v[:max(batch, args.mid_images)] for k, v in x.items()}
+                rows += compare(name, params, cfg, x1, batch, top_k, temperature, args.reps, None, levers)
+                print(f"# {name} batch {batch} top_k {top_k}: done", file=sys.stderr, flush=True)
+    print("| model | batch | top-k, T | decoder | passes per call | fewer passes | tokens per pass | s per image "
+          "| speedup | GFLOP per token | greedy tokens equal |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['batch']} | {r['top_k']}, {r['temperature']:g} | {r['decoder']} | "
+              f"{r['passes_per_call']:.1f} | {r['fewer_passes']:.2f}x | {r['tokens_per_pass']:.2f} | "
+              f"{r['s_per_image'] * 1000:.1f} ms | {r['speedup']:.2f}x | {r['gflops_per_token']:.3f} | "
+              f"{'-' if r['greedy_equal'] is None else r['greedy_equal']} |")
+    dev = jax.devices()[0]
+    print(json.dumps(dict(bench="decoders", backend=jax.default_backend(), device_kind=dev.device_kind,
+                          cpu_count=os.cpu_count(), jax=jax.__version__, reps=args.reps, results=rows), default=lambda o: o.tolist()))
+
+
 def main():
     ap = argparse.ArgumentParser(epilog="--config.FIELD=VALUE overrides an MPSConfig field of every preset "
                                         "(e.g. --config.dtype=bfloat16)")
@@ -183,11 +327,27 @@ def main():
     ap.add_argument("--trace", metavar="DIR", help="profile one cached run into DIR and summarise it per step")
     ap.add_argument("--estimate-forward", action="store_true",
                     help="extrapolate later presets' forward time by FLOPs instead of measuring it")
+    ap.add_argument("--decoders", action="store_true",
+                    help="compare the sequential and parallel decoders instead (see --models)")
+    ap.add_argument("--models", default="demo,mid", help="--decoders: demo (lip-jax demo's trained stage 2), mid (random)")
+    ap.add_argument("--demo-workdir", default="runs/demo")
+    ap.add_argument("--images", type=int, default=48, help="--decoders: demo scenes")
+    ap.add_argument("--mid-images", type=int, default=2, help="--decoders: mid images at batch 1")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--windows", default="16", help="--decoders: parallel windows to compare")
+    ap.add_argument("--drafts", default="left", help="--decoders: first drafts to compare (left, above, zero)")
+    ap.add_argument("--coupled", default="1", help="--decoders: 1 coupled redraws, 0 fresh ones (or both: 1,0)")
     try:
         rest, overrides = split_overrides(sys.argv[1:])
     except UsageError as e:
         ap.error(str(e))
     args = ap.parse_args(rest)
+    args.batches_list = lambda: [int(b) for b in args.batches.split(",")]
+    if args.decoders:
+        try:
+            return decoders_main(args, overrides)
+        except UsageError as e:
+            ap.error(str(e))
     rows, prev = [], None
     for p in args.presets.split(","):
         try:

@@ -97,7 +97,7 @@ def most_likely(inpainter, images: np.ndarray, masks: np.ndarray, texts: list[st
     for i in range(0, len(images), batch):
         x, m, t = to_unit(images[i:i + batch]), masks[i:i + batch], texts[i:i + batch]
         out = inpaint(inpainter.vq, inpainter.config.vqgan, inpainter.mps, cfg, x, m, t, num_samples=k,
-                      top_k=s.top_k, temperature=s.temperature, seed=seed + i)
+                      top_k=s.top_k, temperature=s.temperature, seed=seed + i, decoder=s.get("decoder", "auto"))
         b = len(x)
         rep = lambda a: np.repeat(np.asarray(a), k, axis=0)  # noqa: E731  image-major, as the candidates
         masked = np.where(m[..., None], 0.0, x).astype(np.float32)

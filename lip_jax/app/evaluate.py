@@ -47,7 +47,9 @@ from lip_jax.app import inference, pipeline
 from lip_jax.app.checkpoints import fingerprint, load_clip_any, load_inception_any, load_lip, load_lpips_any
 from lip_jax.app.config import UsageError, apply_overrides, load_config
 from lip_jax.app.outputs import check_dir
+from lip_jax.models.mps2s import MPSConfig
 from lip_jax.paths import is_url, path as as_path
+from lip_jax.sample import decoder_id
 from lip_jax.data.images import to_uint8, to_unit
 from lip_jax.eval.folder import (VISU, allgather, barrier, check_masks, compute_metrics, image_path,
                                  load_example, share)
@@ -57,7 +59,7 @@ METRICS = "metrics.json"
 SAMPLING_KEYS = ("sample_K", "best_n", "top_k", "temperature", "seed", "batch_size", "clip_resize")
 # What the written images depend on: a rerun into the same --out must agree on these.
 GUARDED = ("checkpoint", "checkpoint_fingerprint", "data", "clip", "clip_fingerprint", "mps",
-           "vqgan") + SAMPLING_KEYS
+           "vqgan", "decoder") + SAMPLING_KEYS
 
 
 def run(args) -> None:
@@ -104,7 +106,7 @@ def run(args) -> None:
                     clip=clip_spec or "the checkpoint's clip_sim, if any",
                     clip_fingerprint=fingerprint(args.clip) if clip_local else None,
                     mps=config.mps.to_dict(), vqgan=config.vqgan.to_dict(),
-                    **{k: s[k] for k in SAMPLING_KEYS})
+                    decoder=s["decoder"], **{k: s[k] for k in SAMPLING_KEYS})
     _check_settings(args.out, settings)
 
     # Every weight file is read before sampling: a typo must not surface after hours.
@@ -189,6 +191,12 @@ def _settings(config) -> dict:
         raise UsageError(f"need a finite eval.temperature > 0 (got {t!r})")
     if not s["best_n"] <= s["sample_K"]:
         raise UsageError(f"need 1 <= eval.best_n <= eval.sample_K (got {s['best_n']}, {s['sample_K']})")
+    # the decoder that runs (config.sample.decoder resolved): a resume must not mix two decoders' images
+    try:
+        s["decoder"] = decoder_id(MPSConfig.from_any(config.mps.to_dict()),
+                                  config.sample.get("decoder", "auto") if "sample" in config else "auto")
+    except ValueError as e:
+        raise UsageError(f"sample.decoder: {e}") from e
     if s["clip_resize"] not in ("nearest", "bicubic"):
         raise UsageError(f"eval.clip_resize must be nearest or bicubic, got {s['clip_resize']!r}")
     return s
@@ -290,7 +298,7 @@ def generate(weights, clip, config, mps_cfg, s, source, ids, out, progress=True,
                                np.stack([to_unit(e["masked"]) for e in exs]), np.stack([e["mask"] for e in exs]),
                                [e["text"] for e in exs], num_samples=s["sample_K"], top_k=s["top_k"],
                                temperature=s["temperature"], seed=batch_seed(s["seed"], a), clip=clip,
-                               clip_resize=s["clip_resize"], mesh=mesh)
+                               clip_resize=s["clip_resize"], mesh=mesh, decoder=s["decoder"])
         for i in share(list(range(a, b)), proc, nproc):  # each process writes its share
             j = i - a
             for r in range(best_n):

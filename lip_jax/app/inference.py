@@ -15,7 +15,7 @@ Per-image work (DF-VQGAN encoder, MP-S2S encoders) is split over images when the
 else every device does it for all B images (cheap next to the token-by-token decoding).
 
 Programs: `encode` (defective image -> tokens, hole mask, skip features), `sample` (MP-S2S fills
-the holes, lip_jax.sample.sample_rows), `decode` (every row with its image's skips). Several
+the holes with the config's decoder, lip_jax.sample.sample_rows), `decode` (every row with its image's skips). Several
 processes: each calls them with the same full inputs (`put` builds the global arrays from them),
 and `to_host` returns every row on every process.
 """
@@ -136,8 +136,10 @@ class Programs:
 
 
 @functools.lru_cache(maxsize=16)
-def programs(model: dfvqgan.DFVQGAN, cfg: MPSConfig, mesh: Mesh, batch: int, num_samples: int) -> Programs:
-    """The programs for one shape (cached: every call of that shape reuses the compiled ones)."""
+def programs(model: dfvqgan.DFVQGAN, cfg: MPSConfig, mesh: Mesh, batch: int, num_samples: int,
+             decoder: str = "auto") -> Programs:
+    """The programs for one shape and token decoder (cached: every call of that shape reuses the
+    compiled ones)."""
     from lip_jax.sample import padded_rows, sample_rows, to_rows
 
     k, shards = int(num_samples), row_shards(mesh)
@@ -166,7 +168,8 @@ def programs(model: dfvqgan.DFVQGAN, cfg: MPSConfig, mesh: Mesh, batch: int, num
     enc_sh = jax.tree.map(lambda a: per_image(a.ndim), enc_shapes)
     encode = jax.jit(_on(mesh, encode_fn), in_shardings=(vq_sh, per_image(4), per_image(3)), out_shardings=enc_sh)
 
-    sample = jax.jit(_on(mesh, functools.partial(sample_rows, cfg=cfg, num_samples=k, row_multiple=shards)),
+    sample = jax.jit(_on(mesh, functools.partial(sample_rows, cfg=cfg, num_samples=k, row_multiple=shards,
+                                                 decoder=decoder)),
                      in_shardings=(mps_sh, per_image(2), per_image(2), per_image(4), per_image(2), rep, rep, rep),
                      out_shardings=by_row[0])
 

@@ -59,7 +59,7 @@ def _texts(text, b: int) -> list[str]:
 
 def inpaint(vq_params, vq_cfg, mps_params, mps_cfg, image, mask, text: str | Sequence[str], *,
             num_samples: int = 2, top_k: int = 128, temperature: float = 1.0, seed: int = 0,
-            clip: tuple | None = None, clip_resize: str = "bicubic", mesh=None,
+            clip: tuple | None = None, clip_resize: str = "bicubic", mesh=None, decoder: str = "auto",
             log: Callable[[str], None] | None = None) -> dict:
     """Fill the hole of `image` following `text`.
 
@@ -67,6 +67,7 @@ def inpaint(vq_params, vq_cfg, mps_params, mps_cfg, image, mask, text: str | Seq
     True = hole (every image needs one; an all-hole mask generates from the text alone); text: one
     string for all images or B strings ("" = unconditional on text). clip: (params, ClipConfig or
     preset) to rerank candidates by CLIP score, else candidates keep their sampling order.
+    decoder: the token decoder (lip_jax.sample.DECODERS; "auto" picks the faster for the config).
     mesh: the devices (default: every device, data parallel); the B x K rows are split over its
     data x fsdp axes (lip_jax.app.inference), the weights by their logical axes (placed once if
     already there: `inference.place`). Several processes: every process passes the same inputs
@@ -90,11 +91,12 @@ def inpaint(vq_params, vq_cfg, mps_params, mps_cfg, image, mask, text: str | Seq
     texts = _texts(text, b)
     k = int(num_samples)
     from lip_jax.models.tokenizer import get_tokenizer
-    from lip_jax.sample import check_args
+    from lip_jax.sample import check_args, decoder_id
 
     check_args(mps_cfg, k, top_k, temperature)
+    decoder = decoder_id(mps_cfg, decoder)
     mesh = mesh if mesh is not None else inference.mesh_of()
-    prog = inference.programs(model, mps_cfg, mesh, b, k)
+    prog = inference.programs(model, mps_cfg, mesh, b, k, decoder)
     where = f"{mesh.size} device(s)" + (f", {prog.rows - b * k} padding row(s)" if prog.rows > b * k else "")
 
     t0 = time.perf_counter()
@@ -113,7 +115,7 @@ def inpaint(vq_params, vq_cfg, mps_params, mps_cfg, image, mask, text: str | Seq
                          put_rep(np.int32(min(int(top_k), mps_cfg.vqvae_vocab_size))),
                          put_rep(np.float32(temperature)))
     tokens = jax.block_until_ready(tokens)
-    log(f"sample: {b * k} candidate(s) on {where}, top_k {top_k}, temperature {temperature} "
+    log(f"sample: {b * k} candidate(s) on {where}, {decoder} decoder, top_k {top_k}, temperature {temperature} "
         f"({time.perf_counter() - t0:.1f} s, compilation included)")
 
     t0 = time.perf_counter()
@@ -195,14 +197,14 @@ class Inpainter:
         to keep). One image or a list; text: one string for all or one per image. Sampling
         settings default to the config's `sample` section."""
         photos, holes = read_inputs(image, mask, invert_mask)
-        k, top_k, temperature = sampling(self.config, num_samples, top_k, temperature)
+        k, top_k, temperature, decoder = sampling(self.config, num_samples, top_k, temperature)
         if log and any(h.all() for h in holes):
             log("note: a mask covers its whole image: generating from the text alone")
         size = self.mps_cfg.img_size
         cuts = [photo.to_model(p, h, size, context) for p, h in zip(photos, holes)]
         out = inpaint(self.vq, self.config.vqgan, self.mps, self.mps_cfg, to_unit(np.stack([c[0] for c in cuts])),
                       np.stack([c[1] for c in cuts]), text, num_samples=k, top_k=top_k, temperature=temperature,
-                      seed=seed, clip=self.clip, mesh=self.mesh, log=log)
+                      seed=seed, clip=self.clip, mesh=self.mesh, decoder=decoder, log=log)
         candidates = [np.stack([photo.paste(p, to_uint8(c), cut[2], h, composite=composite) for c in cands])
                       for p, h, cut, cands in zip(photos, holes, cuts, out["candidates"])]
         return InpaintOutput(images=[c[0] for c in candidates], candidates=candidates, scores=out["scores"],
@@ -228,8 +230,9 @@ def read_inputs(image, mask, invert_mask: bool = False) -> tuple[list, list]:
     return photos, [_read_hole(m, p.shape[:2], invert_mask) for m, p in zip(masks, photos)]
 
 
-def sampling(config, num_samples=None, top_k=None, temperature=None) -> tuple[int, int, float]:
-    """(num_samples, top_k, temperature): the given values, else the config's `sample` section."""
+def sampling(config, num_samples=None, top_k=None, temperature=None) -> tuple[int, int, float, str]:
+    """(num_samples, top_k, temperature, decoder): the given values, else the config's `sample`
+    section (the decoder always from there)."""
     sample = config.sample.to_dict() if "sample" in config else {}
     k = int(sample.get("num_samples", 2) if num_samples is None else num_samples)
     top_k = int(sample.get("top_k", 128) if top_k is None else top_k)
@@ -237,7 +240,12 @@ def sampling(config, num_samples=None, top_k=None, temperature=None) -> tuple[in
     if k < 1 or top_k < 1 or not 0 < temperature < float("inf"):
         raise UsageError(f"need num_samples >= 1, top_k >= 1, a finite temperature > 0 "
                          f"(got {k}, {top_k}, {temperature})")
-    return k, top_k, temperature
+    from lip_jax.sample import DECODERS
+
+    decoder = sample.get("decoder", "auto")
+    if decoder not in DECODERS:
+        raise UsageError(f"sample.decoder must be one of {', '.join(DECODERS)} (got {decoder!r})")
+    return k, top_k, temperature, decoder
 
 
 def _as_list(x) -> list:

@@ -163,7 +163,8 @@ class MPS2S(nn.Module):
         """Run decoder positions seq_pos [B, C] (contiguous per row, from seq_pos[:, 0]; slots with
         valid[b, i] are new, the cache holds every earlier position) against the self-attention
         caches (k [B, H, dh, T], v [B, H, T, dh]) and cross_kv (kv_heads layouts); returns logits
-        [B, vocab] at chunk index query_index [B] and the new caches."""
+        [B, vocab] at chunk index query_index [B] (None: at every chunk position, [B, C, vocab]) and
+        the new caches."""
         c = self.cfg
         x = self.decoder_inputs(tokens, token_mask, seq_pos)
         t = caches[0][1].shape[2]
@@ -175,6 +176,8 @@ class MPS2S(nn.Module):
                       (allow(seq_pos[:, None, :], ty) & valid[:, None, :])[:, None]) for ty in set(c.attn_types_dec)}
         allowed = [masks[ty] for ty in c.dec_layer_types()]
         x, caches = self.transformer_dec.chunk(x, allowed, cross_kv, caches, seq_pos[:, 0], valid)
+        if query_index is None:
+            return self.logits_head(x), caches
         h = jnp.take_along_axis(x, query_index[:, None, None], axis=1)[:, 0]
         return self.logits_head(h), caches
 
