@@ -57,8 +57,8 @@ root, config = sys.argv[2], sys.argv[3]
 spec = json.loads(sys.argv[4])
 calls, built = [], inference.programs
 
-def spy(model, cfg, mesh, batch, k):  # what each program returned, and the program it ran
-    prog = built(model, cfg, mesh, batch, k)
+def spy(model, cfg, mesh, batch, k, decoder="auto"):  # what each program returned, and the program it ran
+    prog = built(model, cfg, mesh, batch, k, decoder)
     def wrap(name, fn):
         def run(*args):
             out = fn(*args)
@@ -81,7 +81,10 @@ w = load_lip(os.path.join(root, "ckpt"), cfg.mps, cfg.vqgan)
 d = np.load(os.path.join(root, "api_inputs.npz"))
 out = pipeline.inpaint(w["vqgan"], cfg.vqgan, w["mps"], cfg.mps, d["image"], d["mask"], spec["texts"],
                        num_samples=3, seed=spec["seed"])
-np.savez(os.path.join(root, "api_4.npz"), tokens=out["tokens"], candidates=out["candidates"])
+par = pipeline.inpaint(w["vqgan"], cfg.vqgan, w["mps"], cfg.mps, d["image"], d["mask"], spec["texts"],
+                       num_samples=3, seed=spec["seed"], decoder="parallel")
+np.savez(os.path.join(root, "api_4.npz"), tokens=out["tokens"], candidates=out["candidates"],
+         parallel_tokens=par["tokens"])
 times["api"] = time.perf_counter() - t0
 t0 = time.perf_counter()
 assert main(spec["inpaint"]) == 0
@@ -141,6 +144,8 @@ def runs(tmp_path_factory):
         t0 = time.perf_counter()
         w = load_lip(str(root / "ckpt"), cfg.mps, cfg.vqgan)
         one = P.inpaint(w["vqgan"], cfg.vqgan, w["mps"], cfg.mps, image, mask, TEXTS, num_samples=3, seed=SEED)
+        one["parallel_tokens"] = P.inpaint(w["vqgan"], cfg.vqgan, w["mps"], cfg.mps, image, mask, TEXTS, num_samples=3,
+                                           seed=SEED, decoder="parallel")["tokens"]
         times["api"] = time.perf_counter() - t0
         assert main(_inpaint_argv(root, "1")) == 0
         times["inpaint"] = time.perf_counter() - t0 - times["api"]
@@ -167,6 +172,14 @@ def test_api_on_four_devices_gives_the_one_device_tokens_and_images(runs):
     assert runs["devices"] == 4
     np.testing.assert_array_equal(four["tokens"], one["tokens"])
     np.testing.assert_allclose(four["candidates"], one["candidates"], rtol=0, atol=5e-5)
+
+
+def test_parallel_decoder_on_four_devices_gives_the_one_device_tokens(runs):
+    """The speculative Jacobi decoder on the mesh path: rows split over 4 devices, each accepting
+    on its own, draw the tokens one device draws (same seed, same per-row uniforms)."""
+    one, four = runs["one"], runs["four"]
+    np.testing.assert_array_equal(four["parallel_tokens"], one["parallel_tokens"])
+    assert (one["parallel_tokens"] != one["tokens"]).any()  # another decoder: another draw from one seed
 
 
 def test_rows_are_split_over_every_device(runs):
