@@ -147,7 +147,7 @@ def test_known_tokens_kept_and_a_seed_fixes_the_result():
 
 
 def test_decoder_ids():
-    assert sample.decoder_id(TINY, "parallel") == "parallel-w16"
+    assert sample.decoder_id(TINY, "parallel") == "parallel-w32"
     assert sample.decoder_id(TINY, "auto") == "sequential"  # on the CPU (sample.AUTO_PARALLEL_BACKENDS)
     assert sample.decoder_id(TINY, "sequential") == "sequential"
     assert sample.decoder_id(TINY, "parallel-w4") == "parallel-w4"

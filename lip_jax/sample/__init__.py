@@ -33,7 +33,7 @@ __all__ = ["DECODERS", "DRAFTS", "check_args", "kv_cache_bytes", "decoder_id", "
            "sample_tokens", "sample_tokens_recompute", "to_rows"]
 
 DECODERS = ("auto", "sequential", "parallel")
-DEFAULT_WINDOW = 16
+DEFAULT_WINDOW = 32
 # Where "auto" runs the parallel decoder. On XLA:CPU a window pass costs about as many tokens as it
 # accepts (a 16-position pass of the demo's model takes 3.9x a one-position pass, and accepts ~2.8
 # tokens): no wall-time gain was measured, so the CPU keeps the sequential decoder. A GPU or TPU

@@ -86,7 +86,7 @@ def _first_drafts(toks, g, fresh, rule: str, width: int):
 
 
 def jacobi_rows(params, tokens, token_mask, image, text_ids, rng, top_k, temperature, *, cfg, num_samples,
-                row_multiple: int = 1, window: int = 16, draft: str = "left", coupled: bool = True,
+                row_multiple: int = 1, window: int = 32, draft: str = "above", coupled: bool = True,
                 rule: str = "exact", with_stats: bool = False):
     """Traced body of the parallel sampler -> int32 [rows, N] (as lip_jax.sample.sequential.sample_rows);
     with_stats also returns the decoder passes each row took, int32 [rows]."""
