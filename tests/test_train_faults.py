@@ -43,23 +43,52 @@ def test_a_workdir_that_is_a_file_is_refused(tmp_path, capsys):
     assert "the workdir is a file" in capsys.readouterr().err
 
 
-def test_exploding_learning_rate_stops_the_run_and_checkpoints_nothing_non_finite(tmp_path, vq_ckpt, capsys):
+def test_exploding_learning_rate_stops_the_run_and_checkpoints_nothing_blown_up(tmp_path, vq_ckpt, capsys):
+    """lr 1e30: the first update is finite but moves the weights to ~1e30 (a non-finite check sees
+    it only a step later, after it was saved); the update guard keeps every step out."""
     workdir = tmp_path / "run"
     rc = main(["train", "--config", STAGE2, "--workdir", str(workdir), f"--config.vqgan_ckpt={vq_ckpt}",
-               "--config.train.lr=1e30", "--config.train.total_steps=40", "--config.train.save_every=1",
-               "--config.train.max_skipped_steps=3"])
+               "--config.train.lr=1e30", "--config.train.warmup_fraction=0", "--config.train.total_steps=40",
+               "--config.train.save_every=1", "--config.train.max_skipped_steps=3"])
     err = capsys.readouterr().err
     assert rc == faults.DIVERGED_EXIT, err
-    assert "training diverged: 3 consecutive steps skipped" in err
     assert not (workdir / "params").exists()
     steps = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
-    assert steps and max(steps) < 40
+    assert steps == []  # every step failed the guard: none is a checkpoint
+    assert "training diverged: 3 consecutive steps skipped" in err and "train.max_update_ratio" in err
+    # The Python API, resuming a healthy checkpoint (step 2) with the absurd rate: no later one.
+    c = load_config(STAGE2)
+    c.vqgan_ckpt = vq_ckpt
+    c.train.update(total_steps=6, save_every=1, max_skipped_steps=2, warmup_fraction=0.0)
+    train(c, str(tmp_path / "api"), max_steps=2)
+    c.train.lr = 1e30
+    with pytest.raises(faults.Diverged):
+        train(c, str(tmp_path / "api"))
+    steps = sorted(int(s) for s in os.listdir(tmp_path / "api" / "checkpoints") if s.isdigit())
+    assert steps == [1, 2], steps
     with ocp.StandardCheckpointer() as ckpt:
         for step in steps:
-            state = ckpt.restore(str(workdir / "checkpoints" / str(step) / "state"))
-            leaves = jax.tree_util.tree_leaves((state["params"], state["opt"]))
-            assert all(np.isfinite(np.asarray(x)).all() for x in leaves if np.issubdtype(np.asarray(x).dtype,
-                                                                                          np.floating))
+            state = ckpt.restore(str(tmp_path / "api" / "checkpoints" / str(step) / "state"))
+            big = max(float(np.abs(np.asarray(x)).max()) for x in jax.tree_util.tree_leaves(state["params"]))
+            assert big < 1e3, (step, big)  # the healthy run's weights, not a blow-up
+
+
+def test_update_ratio_is_relative_to_the_weights():
+    import flax
+
+    @flax.struct.dataclass
+    class S:
+        step: int
+        params: dict
+        disc_params: dict
+        opt: dict
+        rng: int
+
+    old = S(0, {"w": jax.numpy.full(4, 2.0)}, {"d": jax.numpy.ones(9)}, {"m": jax.numpy.zeros(4)}, 0)
+    new = old.replace(params={"w": jax.numpy.full(4, 3.0)}, opt={"m": jax.numpy.ones(4)})
+    assert np.isclose(float(faults.update_ratio(old, new)), 0.5)  # the optimizer moments do not count
+    new = new.replace(disc_params={"d": jax.numpy.full(9, 3.0)})
+    assert np.isclose(float(faults.update_ratio(old, new)), 2.0)  # the largest field's ratio
 
 
 def _flip_a_byte(directory: str) -> None:

@@ -1,7 +1,8 @@
 """What keeps a training run honest under faults: settings checked before any work, one trainer per
 workdir, SIGTERM and Ctrl-C handled alike (checkpoint, then a non-zero exit), and a divergence guard
-(a step that would make the state non-finite, or whose gradient norm passes a bound, changes
-nothing; a run of such steps ends the run).
+(a step that would make the state non-finite, whose gradient norm passes a bound, or whose update
+moves the parameters by more than `train.max_update_ratio` times their norm, changes nothing; a
+run of such steps ends the run).
 
 Exit codes (lip_jax.cli): 0 finished, 2 bad input, 3 diverged, 74 a checkpoint could not be
 written (disk full, storage gone; the previous checkpoint is intact), 75 interrupted with a
@@ -118,6 +119,8 @@ def check_config(config) -> None:
             need(finite(t[name]) and t[name] >= 0, f"train.{name} finite and >= 0 (got {t[name]!r})")
     need(finite(t.get("skip_grad_norm", math.inf)) or t.get("skip_grad_norm") == math.inf,
          "train.skip_grad_norm a number")
+    ratio = t.get("max_update_ratio", MAX_UPDATE_RATIO)
+    need(finite(ratio) and ratio > 0, f"train.max_update_ratio finite and > 0 (got {ratio!r})")
     need(isinstance(t.get("max_skipped_steps", 10), int) and t.get("max_skipped_steps", 10) >= 1,
          f"train.max_skipped_steps >= 1 (got {t.get('max_skipped_steps')!r})")
     need(isinstance(t.get("grad_accum", 1), int) and t.get("grad_accum", 1) >= 1, "train.grad_accum >= 1")
@@ -225,18 +228,49 @@ class StopSignals:
             signal.signal(s, h)
 
 
-def guard(step_fn, skip_grad_norm: float):
+# A healthy Adam step moves each weight by about the learning rate, so its update's norm against
+# the parameters' is about lr / rms(weight): under 0.05 for every official recipe's first steps
+# (tests/test_train_faults.py measures the tiny presets). A ratio near 1 replaces the weights by
+# the update: the finite blow-up (|w| ~ 1e30) of an absurd learning rate, which a non-finite check
+# only sees one step too late, after it reached a checkpoint.
+MAX_UPDATE_RATIO = 1.0
+
+
+def guard(step_fn, skip_grad_norm: float, max_update_ratio: float = MAX_UPDATE_RATIO):
     """Wrap a train step: keep the old state (all but step and rng) when the loss, the gradient
-    norm or any updated parameter is non-finite, or the gradient norm passes `skip_grad_norm`."""
+    norm or any updated parameter is non-finite, the gradient norm passes `skip_grad_norm`, or the
+    update moves the parameters by more than `max_update_ratio` times their norm
+    (||new - old|| / ||old||, over every trained parameter field; metric `update_ratio`)."""
     def guarded(state, *args):
         new, metrics = step_fn(state, *args)
-        ok = metrics["finite"] & all_finite(new)
+        ratio = update_ratio(state, new)
+        ok = metrics["finite"] & all_finite(new) & (ratio <= max_update_ratio)
         if "grad_norm" in metrics:
             ok &= jnp.isfinite(metrics["grad_norm"]) & (metrics["grad_norm"] <= skip_grad_norm)
         fields = {f: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), getattr(new, f), getattr(state, f))
                   for f in new.__dataclass_fields__ if f not in ("step", "rng")}
-        return new.replace(**fields), dict(metrics, finite=ok)
+        return new.replace(**fields), dict(metrics, finite=ok, update_ratio=ratio)
     return guarded
+
+
+def update_ratio(old, new) -> jax.Array:
+    """||new - old|| / ||old|| over the float leaves of the state's parameter fields (`params`,
+    `disc_params`; not the optimizer moments, which start at zero), in float32. The largest
+    ratio over the fields: a discriminator blowing up is not hidden by a larger autoencoder."""
+    ratios = []
+    for f in old.__dataclass_fields__:
+        if not f.endswith("params"):
+            continue
+        pairs = [(a.astype(jnp.float32), b.astype(jnp.float32))
+                 for a, b in zip(jax.tree_util.tree_leaves(getattr(old, f)), jax.tree_util.tree_leaves(getattr(new, f)))
+                 if jnp.issubdtype(a.dtype, jnp.floating)]
+        if not pairs:
+            continue
+        moved = sum(jnp.sum(jnp.square(b - a)) for a, b in pairs)
+        size = sum(jnp.sum(jnp.square(a)) for a, _ in pairs)
+        # the floor only avoids 0 / 0: every model's parameter fields hold non-zero kernels
+        ratios.append(jnp.sqrt(moved) / jnp.maximum(jnp.sqrt(size), 1e-12))
+    return jnp.max(jnp.stack(ratios)) if ratios else jnp.zeros((), jnp.float32)
 
 
 def all_finite(tree) -> jax.Array:
