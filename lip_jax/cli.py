@@ -169,10 +169,22 @@ def main(argv: list[str] | None = None) -> int:
     return rc
 
 
+def _check_int_flags(parser, args) -> None:
+    """Every integer flag of the command against its range (lip_jax.ranges), before any work."""
+    from lip_jax.ranges import check
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+    for action in sub._actions:
+        value = getattr(args, action.dest, None)
+        if action.type is int and value is not None and action.option_strings:
+            check(action.dest, value, what=action.option_strings[0])
+
+
 def _main(argv: list[str] | None) -> int:
     import importlib
 
     from lip_jax.app.config import UsageError, split_overrides
+    from lip_jax.ranges import RangeError
     from lip_jax.convert.common import ConversionError
     from lip_jax.data.errors import DataError
     from lip_jax.train.checkpoints import CheckpointError
@@ -182,16 +194,21 @@ def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         rest, overrides = split_overrides(argv)
-        args = build_parser().parse_args(rest)
+        parser = build_parser()
+        args = parser.parse_args(rest)
+        _check_int_flags(parser, args)
         if overrides and args.command == "demo":
             raise UsageError("demo takes no --config.* overrides; edit a copy of configs/shapes_demo.py")
         args.overrides = overrides
         _enable_compilation_cache()
         module, _, fn = args.fn.rpartition(".")
         getattr(importlib.import_module(f"lip_jax.app.{module}"), fn)(args)
-    except (UsageError, ConversionError, CheckpointError, DataError, ConfigError) as e:
+    except (UsageError, RangeError, ConversionError, CheckpointError, DataError, ConfigError) as e:
         print(f"lip-jax: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside training's own handling: one line, the shell's code
+        print("lip-jax: interrupted by SIGINT", file=sys.stderr)
+        return 130
     except Interrupted as e:
         print(f"lip-jax: {e}", file=sys.stderr)
         return INTERRUPTED_EXIT

@@ -242,7 +242,7 @@ def train(config, workdir, max_steps: int | None = None) -> dict:
     initialize_distributed(config)
     workdir = path(workdir)  # gs://bucket/run stays a URL: orbax, logs and grids write there
     faults.check_writable(workdir)
-    with faults.WorkdirLock(workdir), faults.StopSignals() as stop:
+    with faults.WorkdirLock(workdir) as lock, faults.StopSignals(cleanup=lock.release) as stop:
         return _train(config, workdir, max_steps, stop)
 
 
@@ -290,6 +290,8 @@ def _train(config, workdir, max_steps: int | None, stop) -> dict:
                 local = next(data_iter)
                 batch = partitioning.global_batch({k: local[k] for k in task.batch_keys}, mesh)
                 state, metrics = step_fn(step, batch)(state, *extra, batch)
+                if not stop.running:
+                    stop.started()  # compiled and dispatched: a signal now waits for a checkpoint
                 done = step + 1
                 # The previous step's verdict, read while this one runs: no stall, exact count.
                 if pending is not None:
