@@ -4,7 +4,11 @@ refused; a resume falls back to the newest checkpoint that verifies), one traine
 
 import glob
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -158,3 +162,28 @@ def test_checksum_is_the_same_on_host_and_device_and_sees_every_bit():
     swapped = x.copy().reshape(-1)
     swapped[[0, 1]] = swapped[[1, 0]]
     assert C._sum32_host(swapped) != base  # positions count, not only values
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_during_start_up_ends_the_run_within_seconds(tmp_path, vq_ckpt, signum):
+    """Before the first step (config, weights, compilation) there is nothing new to save: a signal
+    ends the run at once, even while compilation holds the main thread in native code."""
+    workdir = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=REPO, LIP_JAX_CACHE_DIR="")
+    proc = subprocess.Popen([sys.executable, "-m", "lip_jax.cli", "train", "--config", STAGE2, "--workdir",
+                             str(workdir), f"--config.vqgan_ckpt={vq_ckpt}"], stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 120
+    while not (workdir / ".lock").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(1.0)  # into the state's initialisation and the step's compilation
+    t0 = time.monotonic()
+    proc.send_signal(signum)
+    err = proc.communicate(timeout=120)[1].decode()
+    took = time.monotonic() - t0
+    assert proc.returncode == faults.INTERRUPTED_EXIT and took < 5, (proc.returncode, took, err[-2000:])
+    lines = [ln for ln in err.splitlines() if ln.startswith("lip-jax")]
+    assert lines == [f"lip-jax: interrupted by {signal.Signals(signum).name} during start-up, before the first "
+                     f"step: nothing new to save; rerun the same command to resume"], err[-2000:]
+    assert "Traceback" not in err and not (workdir / ".lock").exists()  # the lock is released
+    saved = os.listdir(workdir / "checkpoints") if (workdir / "checkpoints").exists() else []
+    assert not [s for s in saved if s.isdigit()]
