@@ -3,8 +3,8 @@
 Every command that takes `--config FILE[:arg]` also takes `--config.key.path=value` overrides.
 Exit codes: 0 the work finished; 2 bad input (one line `lip-jax: error: ...`, never a traceback,
 caught before the work starts); 3 training diverged; 74 a checkpoint could not be written (disk
-full; the previous one is intact); 75 interrupted (SIGTERM or Ctrl-C) with a checkpoint saved:
-rerun the same command to resume.
+full; the previous one is intact); 75 interrupted (SIGTERM or Ctrl-C, within seconds at any phase;
+training saves a checkpoint once its first step ran): rerun the same command to resume.
 """
 
 from __future__ import annotations
@@ -161,7 +161,11 @@ def _collect_background_errors() -> list:
 
 def main(argv: list[str] | None = None) -> int:
     background = _collect_background_errors()
-    rc = _main(argv)
+    try:
+        rc = _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C while the libraries load, before the command's handlers
+        print("lip-jax: interrupted by SIGINT", file=sys.stderr)
+        return 130
     if background:
         first = " ".join(str(background[0]).split())[:200]
         print(f"lip-jax: note: {len(background)} error(s) in background threads (first: "
@@ -189,7 +193,7 @@ def _main(argv: list[str] | None) -> int:
     from lip_jax.data.errors import DataError
     from lip_jax.train.checkpoints import CheckpointError
     from lip_jax.train.faults import (DIVERGED_EXIT, INTERRUPTED_EXIT, SAVE_FAILED_EXIT, ConfigError, Diverged,
-                                      Interrupted, SaveFailed)
+                                      Interrupted, SaveFailed, StopSignals)
 
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -202,7 +206,10 @@ def _main(argv: list[str] | None) -> int:
         args.overrides = overrides
         _enable_compilation_cache()
         module, _, fn = args.fn.rpartition(".")
-        getattr(importlib.import_module(f"lip_jax.app.{module}"), fn)(args)
+        # A signal ends any command within seconds, even mid-compilation; training takes over
+        # once its first step ran (a checkpoint, then exit 75).
+        with StopSignals(message="interrupted by {signal}; rerun the same command"):
+            getattr(importlib.import_module(f"lip_jax.app.{module}"), fn)(args)
     except (UsageError, RangeError, ConversionError, CheckpointError, DataError, ConfigError) as e:
         print(f"lip-jax: error: {e}", file=sys.stderr)
         return 2

@@ -124,6 +124,7 @@ RANGES: dict = {
     "data": (-1, 1 << 16, "devices, -1 = the rest"), "fsdp": (-1, 1 << 16, "devices, -1 = the rest"),
     "tensor": (-1, 1 << 16, "devices, -1 = the rest"),
     "stage": (1, 2, "stage 1 or 2"),
+    "runs": (1, 1 << 10, "repetitions"),  # tools/fault_drill.py
 }
 DEFAULT = (-(2**31), INT32, "an int32")
 

@@ -208,7 +208,8 @@ class StopSignals:
     service (installed by jax.distributed.initialize: it tells the coordinator, which picks one
     step all hosts reach), a Ctrl-C is handed to it as a SIGTERM, and `reached(step)` asks it."""
 
-    def __init__(self, cleanup=None):
+    def __init__(self, cleanup=None, message: str | None = None):
+        self.message = message  # the line of an abort (default: training's start-up one)
         self.signum = None
         self.stopped = False  # set by `reached`: the loop saved and stops (all hosts alike)
         self.running = False  # set by `started`: signals now wait for the step's end and a save
@@ -229,7 +230,9 @@ class StopSignals:
 
     def _abort(self, signum: int) -> None:
         with self._aborting:  # the handler and the watchdog may both get here: one line
-            sys.stderr.write(f"lip-jax: {_interrupted(None, signum)}\n")
+            line = (self.message.format(signal=signal.Signals(signum).name) if self.message
+                    else _interrupted(None, signum))
+            sys.stderr.write(f"lip-jax: {line}\n")
             sys.stderr.flush()
             try:
                 if self.cleanup is not None:
