@@ -93,6 +93,7 @@ RANGES: dict = {
     # resources of this machine
     "workers": (0, _workers, "worker processes per data shard, at most one per CPU"),
     "shards": (0, 1 << 16, "data shards, 0 = one per process"),
+    "worker_buffer_size": (1, 64, "batches buffered per worker"),
     "batch_size": (1, _per_memory_all_hosts, "examples held in memory at once"),
     "metric_batch_size": (1, _per_memory, "images held in memory at once"),
     "sample_K": (1, _per_memory, "candidates held in memory at once"),
@@ -135,13 +136,12 @@ def bounds(name: str, config=None) -> tuple[int, int, str]:
     return low, (high(config) if callable(high) else high), why
 
 
-def check(name: str, value, config=None, low: int | None = None, high: int | None = None,
-          what: str | None = None) -> int:
-    """`value` as an int when it is an integer in `name`'s range (narrowed by `low` / `high`),
-    else RangeError "NAME=VALUE: out of range [LOW, HIGH] (WHY)" (`what` names it instead)."""
+def check(name: str, value, config=None, what: str | None = None) -> int:
+    """`value` as an int when it is an integer in `name`'s range (resource bounds read from
+    `config`: its resolution and hosts), else RangeError "NAME=VALUE: out of range [LOW, HIGH]
+    (WHY)", named `what` when given (a flag, a dotted field)."""
     lo, hi, why = bounds(name, config)
     name = what or name
-    lo, hi = max(lo, low) if low is not None else lo, min(hi, high) if high is not None else hi
     if isinstance(value, bool) or not _is_int(value):
         raise RangeError(f"{name}={value!r}: not an integer ({why})")
     if not lo <= int(value) <= hi:
