@@ -71,6 +71,8 @@ def _hosts(config) -> int:
 
 
 def _side(config) -> int:
+    if config is None:  # a flag checked before the config is read: the loosest bound (1 px); the
+        return 1        # command checks it again against its model's resolution
     for section, key in (("data", "image_size"), ("vqgan", "resolution"), ("mps", "img_size")):
         node = _get(config, section)
         value = _get(node, key) if node is not None else None

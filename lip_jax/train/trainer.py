@@ -302,7 +302,8 @@ def _train(config, workdir, max_steps: int | None, stop) -> dict:
                         f"training diverged: {skipped_run} consecutive steps skipped (non-finite loss, gradient "
                         f"or parameters, gradient norm over train.skip_grad_norm, or an update over "
                         f"train.max_update_ratio={max_ratio:g} of the weights' norm) before step {done}; the last "
-                        f"checkpoint is step {manager.latest_step()}: lower train.lr or raise train.max_skipped_steps")
+                        f"checkpoint is step {manager.latest_step() or 'none'}: lower train.lr or raise "
+                        f"train.max_skipped_steps")
                 as_float = jax.tree_util.tree_map(lambda v: v.astype(jnp.float32), metrics)  # bools count
                 acc = as_float if acc is None else jax.tree_util.tree_map(jnp.add, acc, as_float)
                 n_acc += 1
