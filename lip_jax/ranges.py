@@ -172,6 +172,11 @@ def _walk(node, root, prefix: str) -> None:
                     check(name, v, root, what=f"{name}[{i}]")
         elif _is_int(value) and not isinstance(value, bool):
             check(name, value, root)
+        elif isinstance(value, str) and key == "coordinator_address" and value:
+            port = value.rpartition(":")[2]  # "host:port", the port handed to gRPC
+            if not port.isdigit():
+                raise RangeError(f"{name}={value!r}: expected HOST:PORT")
+            check("port", int(port), what=f"{name} port")
 
 
 def _sections(config, prefix: str):

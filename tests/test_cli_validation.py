@@ -448,6 +448,8 @@ def test_inpaint_integer_out_of_range_is_one_line_before_loading(files, tmp_path
     ("train.total_steps=2147483648", "config.train.total_steps=2147483648: out of range [1, 2147483647]"),
     ("mesh.data=-2", "config.mesh.data=-2: out of range [-1, 65536]"),
     ("distributed.process_id=-5", "config.distributed.process_id=-5: out of range [-1, 65536]"),
+    ("distributed.coordinator_address=localhost:70000",
+     "config.distributed.coordinator_address port=70000: out of range [1, 65535]"),
     (f"vqgan.ch_mult=(1, 2, {2**40})", "config.vqgan.ch_mult[2]=1099511627776: out of range [1, 1024]"),
 ])
 def test_train_integer_out_of_range_is_one_line_before_any_work(tmp_path, small_machine, capsys, override, match):
@@ -470,7 +472,7 @@ def test_eval_and_demo_integers_out_of_range(lip, tmp_path, small_machine, capsy
     assert not (tmp_path / "d").exists()
 
 
-def test_python_api_integers_out_of_range_are_value_errors(files, vq_ckpt, tmp_path):
+def test_python_api_integers_out_of_range_are_value_errors(files, tmp_path):
     from lip_jax import ranges
     from lip_jax.train.trainer import train
 
@@ -481,7 +483,7 @@ def test_python_api_integers_out_of_range_are_value_errors(files, vq_ckpt, tmp_p
     with pytest.raises(ValueError, match=r"num_samples=0: out of range"):
         inpainter(str(files / "img.png"), str(files / "mask.png"), "a red car", num_samples=0)
     c = load_config(TRAIN_CONFIG)
-    c.vqgan_ckpt, c.seed = vq_ckpt, 2**63
+    c.seed = 2**63  # refused before the frozen DF-VQGAN (none given) is looked for
     with pytest.raises(ValueError, match=r"config.seed=9223372036854775808: out of range"):
         train(c, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()

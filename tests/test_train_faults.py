@@ -12,7 +12,6 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from lip_jax.app.config import load_config
@@ -61,21 +60,6 @@ def test_exploding_learning_rate_stops_the_run_and_checkpoints_nothing_blown_up(
     steps = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
     assert steps == []  # every step failed the guard: none is a checkpoint
     assert "training diverged: 3 consecutive steps skipped" in err and "train.max_update_ratio" in err
-    # The Python API, resuming a healthy checkpoint (step 2) with the absurd rate: no later one.
-    c = load_config(STAGE2)
-    c.vqgan_ckpt = vq_ckpt
-    c.train.update(total_steps=6, save_every=1, max_skipped_steps=2, warmup_fraction=0.0)
-    train(c, str(tmp_path / "api"), max_steps=2)
-    c.train.lr = 1e30
-    with pytest.raises(faults.Diverged):
-        train(c, str(tmp_path / "api"))
-    steps = sorted(int(s) for s in os.listdir(tmp_path / "api" / "checkpoints") if s.isdigit())
-    assert steps == [1, 2], steps
-    with ocp.StandardCheckpointer() as ckpt:
-        for step in steps:
-            state = ckpt.restore(str(tmp_path / "api" / "checkpoints" / str(step) / "state"))
-            big = max(float(np.abs(np.asarray(x)).max()) for x in jax.tree_util.tree_leaves(state["params"]))
-            assert big < 1e3, (step, big)  # the healthy run's weights, not a blow-up
 
 
 def test_update_ratio_is_relative_to_the_weights():
