@@ -37,7 +37,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         init_ckpt="",               # orbax DF-VQGAN (+ discriminator) to start from (lip-jax convert)
         log_details=False,          # also log lr and grad_norm/<group> (a separate compiled step)
         log_every=50, save_every=5000, sample_every=5000, keep=3,
-        max_skipped_steps=10, skip_grad_norm=float("inf"))  # divergence guard (lip_jax.train.faults)
+        max_skipped_steps=10, skip_grad_norm=float("inf"),  # divergence guard (lip_jax.train.faults)
+        max_update_ratio=1.0)       # ... skips a step moving the weights by more than this times their norm
     c.distributed = dict(enabled=False, coordinator_address="", num_processes=0, process_id=-1,
                          cpu_collectives="")
     return c

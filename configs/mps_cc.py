@@ -39,6 +39,7 @@ def build(preset: str) -> ml_collections.ConfigDict:
     # optimizer: "transformers_adamw" (official finetune.py) or "optax_adamw"; see lip_jax/train/optim.py.
     c.train = dict(total_steps=1_000_000, lr=5e-4, warmup_fraction=0.05, weight_decay=0.0, grad_accum=1,
                    max_skipped_steps=10, skip_grad_norm=float("inf"),  # divergence guard (lip_jax.train.faults)
+                   max_update_ratio=1.0,  # ... and a step moving the weights by more than this times their norm
                    optimizer="transformers_adamw", max_grad_norm=0.0, init_ckpt="", log_details=False,
                    log_every=50, save_every=5000, sample_every=0, keep=3)
     c.sample = dict(top_k=128, temperature=1.0, num_samples=2, best_n=2,  # official tk, sample_K, best_n

@@ -3,8 +3,8 @@
 Every command that takes `--config FILE[:arg]` also takes `--config.key.path=value` overrides.
 Exit codes: 0 the work finished; 2 bad input (one line `lip-jax: error: ...`, never a traceback,
 caught before the work starts); 3 training diverged; 74 a checkpoint could not be written (disk
-full; the previous one is intact); 75 interrupted (SIGTERM or Ctrl-C) with a checkpoint saved:
-rerun the same command to resume.
+full; the previous one is intact); 75 interrupted (SIGTERM or Ctrl-C, within seconds at any phase;
+training saves a checkpoint once its first step ran): rerun the same command to resume.
 """
 
 from __future__ import annotations
@@ -161,7 +161,11 @@ def _collect_background_errors() -> list:
 
 def main(argv: list[str] | None = None) -> int:
     background = _collect_background_errors()
-    rc = _main(argv)
+    try:
+        rc = _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C while the libraries load, before the command's handlers
+        print("lip-jax: interrupted by SIGINT", file=sys.stderr)
+        return 130
     if background:
         first = " ".join(str(background[0]).split())[:200]
         print(f"lip-jax: note: {len(background)} error(s) in background threads (first: "
@@ -169,29 +173,49 @@ def main(argv: list[str] | None = None) -> int:
     return rc
 
 
+def _check_int_flags(parser, args) -> None:
+    """Every integer flag of the command against its range (lip_jax.ranges), before any work."""
+    from lip_jax.ranges import check
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+    for action in sub._actions:
+        value = getattr(args, action.dest, None)
+        if action.type is int and value is not None and action.option_strings:
+            check(action.dest, value, what=action.option_strings[0])
+
+
 def _main(argv: list[str] | None) -> int:
     import importlib
 
     from lip_jax.app.config import UsageError, split_overrides
+    from lip_jax.ranges import RangeError
     from lip_jax.convert.common import ConversionError
     from lip_jax.data.errors import DataError
     from lip_jax.train.checkpoints import CheckpointError
     from lip_jax.train.faults import (DIVERGED_EXIT, INTERRUPTED_EXIT, SAVE_FAILED_EXIT, ConfigError, Diverged,
-                                      Interrupted, SaveFailed)
+                                      Interrupted, SaveFailed, StopSignals)
 
     argv = sys.argv[1:] if argv is None else argv
     try:
         rest, overrides = split_overrides(argv)
-        args = build_parser().parse_args(rest)
+        parser = build_parser()
+        args = parser.parse_args(rest)
+        _check_int_flags(parser, args)
         if overrides and args.command == "demo":
             raise UsageError("demo takes no --config.* overrides; edit a copy of configs/shapes_demo.py")
         args.overrides = overrides
         _enable_compilation_cache()
         module, _, fn = args.fn.rpartition(".")
-        getattr(importlib.import_module(f"lip_jax.app.{module}"), fn)(args)
-    except (UsageError, ConversionError, CheckpointError, DataError, ConfigError) as e:
+        # A signal ends any command within seconds, even mid-compilation; training takes over
+        # once its first step ran (a checkpoint, then exit 75).
+        with StopSignals(message="interrupted by {signal}; rerun the same command"):
+            getattr(importlib.import_module(f"lip_jax.app.{module}"), fn)(args)
+    except (UsageError, RangeError, ConversionError, CheckpointError, DataError, ConfigError) as e:
         print(f"lip-jax: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside training's own handling: one line, the shell's code
+        print("lip-jax: interrupted by SIGINT", file=sys.stderr)
+        return 130
     except Interrupted as e:
         print(f"lip-jax: {e}", file=sys.stderr)
         return INTERRUPTED_EXIT

@@ -324,12 +324,12 @@ def eval_argv(lip, ckpt, out, *extra, data=None):
 
 
 @pytest.mark.parametrize("override,match", [
-    ("--config.eval.seed=-1", "eval.seed >= 0"),
-    ("--config.eval.seed=4294967296", "eval.seed < 2**32"),
-    ("--config.eval.sample_K=0", "eval.sample_K >= 1"),
-    ("--config.eval.top_k=0", "eval.top_k >= 1"),
-    ("--config.eval.batch_size=0", "eval.batch_size >= 1"),
-    ("--config.eval.max_examples=-1", "eval.max_examples >= 0"),
+    ("--config.eval.seed=-1", "config.eval.seed=-1: out of range [0, 4294967295]"),
+    ("--config.eval.seed=4294967296", "config.eval.seed=4294967296: out of range [0, 4294967295]"),
+    ("--config.eval.sample_K=0", "config.eval.sample_K=0: out of range [1, "),
+    ("--config.eval.top_k=0", "config.eval.top_k=0: out of range [1, 2147483647]"),
+    ("--config.eval.batch_size=0", "config.eval.batch_size=0: out of range [1, "),
+    ("--config.eval.max_examples=-1", "config.eval.max_examples=-1: out of range [0, 2147483647]"),
     ("--config.eval.temperature=0", "finite eval.temperature > 0"),
     ("--config.eval.temperature=nan", "not a finite number"),
 ])
@@ -402,3 +402,122 @@ def test_fingerprint_follows_content_not_path(lip, tmp_path):
     one = AC.fingerprint(str(f))
     f.write_bytes(b"x" * 99 + b"y")
     assert AC.fingerprint(str(f)) != one
+
+
+# --- integer arguments: one range rule (lip_jax.ranges) -------------------------------------------
+
+TRAIN_CONFIG = os.path.join(REPO, "configs", "test_stage2.py")
+
+
+@pytest.fixture
+def small_machine(monkeypatch):
+    """Resource bounds as on an 8 GiB, 2-CPU host, whatever runs the tests."""
+    from lip_jax import ranges
+
+    monkeypatch.setattr(ranges, "memory_bytes", lambda: 8 << 30)
+    monkeypatch.setattr(ranges, "cpus", lambda: 2)
+
+
+@pytest.mark.parametrize("flag,value,match", [
+    ("--seed", str(2**64), "--seed=18446744073709551616: out of range [0, 4294967295]"),  # was OverflowError
+    ("--seed", "-1", "--seed=-1: out of range [0, 4294967295]"),
+    ("--num-samples", "0", "--num-samples=0: out of range [1, "),
+    ("--num-samples", str(10**9), "--num-samples=1000000000: out of range [1, "),  # candidates in memory
+    ("--top-k", str(2**31), "--top-k=2147483648: out of range [1, 2147483647]"),
+    ("--config.eval.top_k", str(2**40), "config.eval.top_k=1099511627776: out of range [1, 2147483647]"),
+    ("--config.mps.dim", str(10**9), "config.mps.dim=1000000000: out of range [1, 65536]"),
+])
+def test_inpaint_integer_out_of_range_is_one_line_before_loading(files, tmp_path, monkeypatch, small_machine,
+                                                                   capsys, flag, value, match):
+    _no_loading(monkeypatch)
+    out = tmp_path / "o.png"
+    extra = [f"{flag}={value}"] if flag.startswith("--config.") else [flag, value]
+    assert main(inpaint_argv(files, out, *extra)) == 2
+    one_line_error(capsys, match)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("override,match", [
+    (f"seed={2**63}", "config.seed=9223372036854775808: out of range [0, 4294967295]"),  # C long overflow
+    (f"data.seed={2**32}", "config.data.seed=4294967296: out of range [0, 4294967295]"),  # jax would wrap it to 0
+    ("data.workers=1000000", "config.data.workers=1000000: out of range [0, "),  # processes without bound
+    ("data.batch_size=1000000000", "config.data.batch_size=1000000000: out of range [1, "),
+    ("data.workers=2", None),  # 2 always fits ...
+    ("data.source_kwargs.num_examples=0", "config.data.source_kwargs.num_examples=0: out of range [1, 2147483647]"),
+    ("data.source_kwargs.image_size=1000000", "config.data.source_kwargs.image_size=1000000: out of range [1, 16384]"),
+    ("train.total_steps=2147483648", "config.train.total_steps=2147483648: out of range [1, 2147483647]"),
+    ("mesh.data=-2", "config.mesh.data=-2: out of range [-1, 65536]"),
+    ("distributed.process_id=-5", "config.distributed.process_id=-5: out of range [-1, 65536]"),
+    ("distributed.coordinator_address=localhost:70000",
+     "config.distributed.coordinator_address port=70000: out of range [1, 65535]"),
+    (f"vqgan.ch_mult=(1, 2, {2**40})", "config.vqgan.ch_mult[2]=1099511627776: out of range [1, 1024]"),
+])
+def test_train_integer_out_of_range_is_one_line_before_any_work(tmp_path, small_machine, capsys, override, match):
+    workdir = tmp_path / "run"
+    extra = ["--config.data.batch_size=4000"] if match is None else []  # ... with a batch that does not
+    assert main(["train", "--config", TRAIN_CONFIG, "--workdir", str(workdir), f"--config.{override}", *extra]) == 2
+    one_line_error(capsys, match or "config.data.batch_size=4000 with data.workers=2: 24000 examples in memory")
+    assert not workdir.exists()
+
+
+def test_eval_and_demo_integers_out_of_range(lip, tmp_path, small_machine, capsys):
+    out = tmp_path / "out"
+    assert main(eval_argv(lip, lip / "a", out, "--config.eval.batch_size=200", "--config.eval.sample_K=200")) == 2
+    one_line_error(capsys, "eval.batch_size=200 x eval.sample_K=200: 40000 candidates in memory")
+    assert not out.exists()
+    for images, match in (("0", "--images=0: out of range [1, "), (str(10**12), "--images=1000000000000: out of range")):
+        assert main(["demo", "--config", DEMO_CONFIG.split(":")[0], "--workdir", str(tmp_path / "d"),
+                     "--images", images]) == 2
+        one_line_error(capsys, match)
+    assert not (tmp_path / "d").exists()
+
+
+def test_python_api_integers_out_of_range_are_value_errors(files, tmp_path):
+    from lip_jax import ranges
+    from lip_jax.train.trainer import train
+
+    inpainter = object.__new__(P.Inpainter)  # no weights: the call must refuse before using them
+    inpainter.config = load_config(LIP_CONFIG)
+    with pytest.raises(ValueError, match=r"seed=18446744073709551616: out of range \[0, 4294967295\]"):
+        inpainter(str(files / "img.png"), str(files / "mask.png"), "a red car", seed=2**64)
+    with pytest.raises(ValueError, match=r"num_samples=0: out of range"):
+        inpainter(str(files / "img.png"), str(files / "mask.png"), "a red car", num_samples=0)
+    c = load_config(TRAIN_CONFIG)
+    c.seed = 2**63  # refused before the frozen DF-VQGAN (none given) is looked for
+    with pytest.raises(ValueError, match=r"config.seed=9223372036854775808: out of range"):
+        train(c, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+    assert issubclass(ranges.RangeError, ValueError)
+
+
+def test_every_integer_of_every_config_and_flag_has_a_range():
+    """One table: no integer a user can set falls to the int32 fallback unnoticed."""
+    import argparse
+    import glob
+
+    from lip_jax import ranges
+    from lip_jax.cli import build_parser
+
+    names = set()
+
+    def walk(node):
+        for key in node.keys():
+            v = node[key]
+            if hasattr(v, "keys"):
+                walk(v)
+            elif isinstance(v, (int, tuple, list)) and not isinstance(v, bool):
+                if isinstance(v, int) or any(isinstance(x, int) and not isinstance(x, bool) for x in v):
+                    names.add(key)
+
+    for spec in glob.glob(os.path.join(REPO, "configs", "*.py")):
+        for arg in (None, "tiny", "stage1", "stage2", "mid", "smoke"):
+            try:
+                config = load_config(f"{spec}:{arg}" if arg else spec)
+            except Exception:  # noqa: BLE001 - not every config has every entry
+                continue
+            walk(config)
+            ranges.check_config(config)  # and every shipped value is in its range
+    parser = build_parser()
+    for sub in next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices.values():
+        names |= {a.dest for a in sub._actions if a.type is int}
+    assert names and not sorted(n for n in names if n not in ranges.RANGES)

@@ -73,6 +73,13 @@ def test_demo_smoke_end_to_end(tmp_path, capsys):
         assert set(report[which]["follows"]) == {"colour", "shape", "colour_and_shape"}
         assert np.isfinite(report[which]["psnr_outside_hole"])
     assert report["reader_on_ground_truth"]["colour"] == 1.0
+    # The demo recipes' first steps (the highest learning rates of any recipe here) stay far below
+    # the divergence guard's update bound: nothing skipped.
+    from lip_jax.train.faults import MAX_UPDATE_RATIO
+
+    for stage in ("stage1", "stage2"):
+        rows = [json.loads(line) for line in open(os.path.join(work, stage, "metrics.jsonl"))]
+        assert rows and all(r["skipped"] == 0 and 0 < r["update_ratio"] < MAX_UPDATE_RATIO / 10 for r in rows), rows
     from PIL import Image
     grid = np.asarray(Image.open(os.path.join(work, "demo.png")))
     assert grid.shape[0] > 2 * 128 and grid.shape[1] > 4 * 128  # 2 rows x 4 cells of 32 px at x4

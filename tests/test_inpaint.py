@@ -263,7 +263,7 @@ def test_cli_all_hole_mask_and_empty_text_are_allowed(files, capsys):
     ("no_hole", "mask has no hole"),
     ("missing_ckpt", "no such checkpoint"),
     ("config_mismatch", "codebook 64 != MP-S2S"),
-    ("bad_top_k", "top_k >= 1"),
+    ("bad_top_k", "--top-k=0: out of range [1, 2147483647]"),
 ])
 def test_cli_bad_inputs_exit_2_with_one_line(files, capsys, case, match):
     root = files

@@ -42,6 +42,7 @@ def test_stage1_loss_falls_and_encoder_stays_defect_free(tmp_path):
     with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
         d_loss = [r.get("d_loss") for r in map(json.loads, f)]
     assert d_loss[:5] == [None] * 5 and all(np.isfinite(d_loss[5:]))  # discriminator from step 100
+    _guard_never_tripped(tmp_path)
     # The trained encoder is still exactly defect-free.
     model = dfvqgan.from_config(c.vqgan)
     rng = np.random.default_rng(0)
@@ -83,6 +84,17 @@ def test_stage2_loss_falls(tmp_path, vq_ckpt):
     loss = logged(tmp_path, "loss")
     assert out["step"] == 200 and all(np.isfinite(loss))
     assert np.mean(loss[-2:]) < 0.85 * np.mean(loss[:2]), loss
+    _guard_never_tripped(tmp_path)
+
+
+def _guard_never_tripped(workdir):
+    """A healthy recipe (the official structure, the tiny presets) never trips the divergence
+    guard: no step skipped, updates a small fraction of its update bound."""
+    from lip_jax.train.faults import MAX_UPDATE_RATIO
+
+    assert sum(logged(workdir, "skipped")) == 0
+    ratios = logged(workdir, "update_ratio")
+    assert all(0 < r < MAX_UPDATE_RATIO / 10 for r in ratios), ratios
 
 
 def test_nonfinite_step_changes_nothing(vq_ckpt):

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Fault drill: provoke the faults a long run meets (kills, signals, corrupted checkpoints, a full or
-read-only disk, a second trainer, hostile weight files, a killed evaluation) against the tiny
+read-only disk, a second trainer, hostile weight files, a killed evaluation, an absurd learning
+rate, integer arguments out of range, signals during start-up) against the tiny
 configs, through the `lip-jax` command line, and check what the README's "Reliability" section
 promises: the work resumes to the same bits, or the command refuses in one line with the documented
 exit code. Prints a Markdown table (fault, runs, outcome, data lost) and one JSON line; exits 1 if
@@ -660,6 +661,97 @@ class Drill:
         self.row("10. SIGKILL during eval, rerun", self.args.runs, outcome, failed, outcomes)
 
 
+    # 11 -------------------------------------------------------------------------------------------
+    def absurd_rate(self) -> None:
+        import numpy as np
+        import orbax.checkpoint as ocp
+
+        self.setup_train()
+        wd = self.path("train_absurd_lr")
+        r = self.run("train_absurd_lr", self.train_argv(wd, "--config.train.lr=1e30", "--config.train.warmup_fraction=0",
+                                                      "--config.train.save_every=1", "--config.train.max_skipped_steps=3"),
+                     TRAIN_TIMEOUT)
+        errs, steps = r.errors(), checkpoint_steps(wd)
+        big = 0.0
+        with ocp.StandardCheckpointer() as ckpt:
+            for step in steps:
+                state = ckpt.restore(os.path.join(wd, "checkpoints", str(step), "state"))
+                big = max([big] + [float(np.abs(np.asarray(x)).max()) for x in jax_leaves(state["params"])])
+        ok = (r.rc == 3 and len(errs) == 1 and "training diverged" in errs[0] and not r.traceback()
+              and big < 1e3 and not os.path.isdir(os.path.join(wd, "params")))
+        outcome = (f"exit {r.rc}, {len(errs)} error line(s); {len(steps)} checkpoint(s), largest |w| {big:.3g}; "
+                   f"params/ {'written' if os.path.isdir(os.path.join(wd, 'params')) else 'absent'}")
+        self.row("11. absurd learning rate (1e30): finite blow-up", 1, outcome if ok else "FAILED: " + outcome,
+                 not ok, [errs[0] if errs else r.err[-300:]])
+
+    # 12 -------------------------------------------------------------------------------------------
+    def integers(self) -> None:
+        self.setup_train()
+        img, mask = self.image_and_mask()
+        wd = self.path("train_bad_int")
+        cases = {
+            "inpaint --seed 2**64": (self.inpaint_argv(self.ref, self.path("int.png"), "--seed", str(2**64)), "--seed"),
+            "inpaint --top-k 2**31": (self.inpaint_argv(self.ref, self.path("int.png"), "--top-k", str(2**31)), "--top-k"),
+            "inpaint --num-samples 10**9": (self.inpaint_argv(self.ref, self.path("int.png"), "--num-samples",
+                                                              str(10**9)), "--num-samples"),
+            "train seed 2**63": (self.train_argv(wd, f"--config.seed={2**63}"), "config.seed"),
+            "train data.seed 2**32": (self.train_argv(wd, f"--config.data.seed={2**32}"), "config.data.seed"),
+            "train data.workers 10**6": (self.train_argv(wd, "--config.data.workers=1000000"), "config.data.workers"),
+            "train data.batch_size 10**9": (self.train_argv(wd, "--config.data.batch_size=1000000000"),
+                                            "config.data.batch_size"),
+            "train total_steps 2**31": (self.train_argv(wd, f"--config.train.total_steps={2**31}"),
+                                        "config.train.total_steps"),
+            "train mps.dim 10**9": (self.train_argv(wd, "--config.mps.dim=1000000000"), "config.mps.dim"),
+            "reconstruct vqgan.resolution 10**6": (LIP + ["reconstruct", "--config", STAGE2, "--ckpt", self.vq, "--image",
+                                                          img, "--mask", mask, "--out", self.path("int.png"),
+                                                          "--config.vqgan.resolution=1000000"], "config.vqgan.resolution"),
+            "demo --images 10**12": (LIP + ["demo", "--workdir", self.path("int_demo"), "--images", str(10**12)],
+                                     "--images"),
+        }
+        bits, ok, notes = [], True, []
+        for name, (argv, arg) in cases.items():
+            r = self.run("int_" + re.sub(r"\W+", "_", name), argv, SHORT_TIMEOUT)
+            errs = r.errors()
+            good = (r.rc == 2 and len(errs) == 1 and arg in errs[0] and "out of range [" in errs[0]
+                    and not r.traceback() and r.wall < 20)
+            ok &= good
+            bits.append(f"{name}: exit {r.rc} in {r.wall:.1f} s" + ("" if good else f" ({len(errs)} error lines)"))
+            notes.append(errs[0] if errs else r.err[-300:])
+        ok &= not any(os.path.exists(p) for p in (wd, self.path("int.png"), self.path("int_demo")))
+        outcome = "; ".join(bits) + ("; nothing written" if ok else "")
+        self.row("12. integer arguments out of range (CLI flags, config fields)", 1,
+                 ("exit 2, one line naming the argument and its range: " if ok else "FAILED: ") + outcome, not ok, notes)
+
+    # 13 -------------------------------------------------------------------------------------------
+    def signal_at_start_up(self) -> None:
+        self.setup_train()
+        bits, ok, notes = [], True, []
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            wd = self.path(f"train_start_{signal.Signals(signum).name.lower()}")
+            r = Run(self, os.path.basename(wd), self.train_argv(wd))
+            wait_for(lambda: os.path.exists(os.path.join(wd, ".lock")), r, TRAIN_TIMEOUT)
+            time.sleep(self.rng.uniform(0, 2))  # into initialisation and the first step's compilation
+            t0, sent = time.monotonic(), r.poll() is None
+            r.signal(signum)
+            r.wait(SHORT_TIMEOUT)
+            took, msgs = time.monotonic() - t0, r.messages()
+            good = (sent and r.rc == 75 and took < 5 and len(msgs) == 1 and "during start-up" in msgs[0]
+                    and not r.traceback() and not os.path.exists(os.path.join(wd, ".lock")))
+            ok &= good
+            bits.append(f"{signal.Signals(signum).name}: exit {r.rc} {took:.1f} s after the signal"
+                        + ("" if good else f" ({len(msgs)} lip-jax lines, lock "
+                                           f"{'left' if os.path.exists(os.path.join(wd, '.lock')) else 'released'})"))
+            notes.append(msgs[0] if msgs else r.err[-300:])
+        self.row("13. SIGTERM / SIGINT during training start-up (before the first step)", 1,
+                 ("one line, lock released: " if ok else "FAILED: ") + ", ".join(bits), not ok, notes)
+
+
+def jax_leaves(tree) -> list:
+    import jax
+
+    return jax.tree_util.tree_leaves(tree)
+
+
 FAULTS = {
     1: ("1. SIGKILL during train (after the first checkpoint), rerun", lambda d: d.signal_train(
         "1. SIGKILL during train (after the first checkpoint), rerun", signal.SIGKILL)),
@@ -673,6 +765,9 @@ FAULTS = {
     8: ("8", lambda d: d.two_trainers()),
     9: ("9", lambda d: d.hostile()),
     10: ("10", lambda d: d.kill_eval()),
+    11: ("11", lambda d: d.absurd_rate()),
+    12: ("12", lambda d: d.integers()),
+    13: ("13", lambda d: d.signal_at_start_up()),
 }
 
 
@@ -686,6 +781,16 @@ def main(argv=None) -> int:
     p.add_argument("--cache-dir", help="compilation cache shared by the commands (default: in the scratch directory)")
     p.add_argument("--seed", type=int, help="seed of the random moments (default: drawn and printed)")
     args = p.parse_args(argv)
+    sys.path.insert(0, REPO)
+    from lip_jax.ranges import RangeError, check
+
+    try:  # the project's integer rule: one line, exit 2
+        for flag in ("runs", "seed"):
+            if getattr(args, flag) is not None:
+                check(flag, getattr(args, flag), what=f"--{flag}")
+    except RangeError as e:
+        print(f"fault_drill: error: {e}", file=sys.stderr)
+        return 2
     args.seed = random.randrange(2**31) if args.seed is None else args.seed
     if args.workdir:
         if os.path.exists(args.workdir) and os.listdir(args.workdir):

@@ -12,6 +12,8 @@ import importlib.util
 import math
 import os
 
+from lip_jax import ranges
+
 
 class UsageError(ValueError):
     """Bad input from the user: reported in one line, exit code 2."""
@@ -57,7 +59,9 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def apply_overrides(config, items, flag: str = "--config.") -> None:
-    """`key.path=value` onto a ConfigDict; the value is parsed as the field's current type."""
+    """`key.path=value` onto a ConfigDict; the value is parsed as the field's current type. Then
+    every integer field, from the file or an override, is checked against its range
+    (lip_jax.ranges: a RangeError naming the field)."""
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key:
@@ -78,6 +82,7 @@ def apply_overrides(config, items, flag: str = "--config.") -> None:
             node[leaf] = value
         except (TypeError, ValueError) as e:  # ConfigDict's own type check
             raise UsageError(f"{flag}{key}={text}: {e}") from e
+    ranges.check_config(config)
 
 
 def _parse_like(old, text: str):

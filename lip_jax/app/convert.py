@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 
+from lip_jax import ranges
 from lip_jax.app.checkpoints import clip_config_of, load_orbax, orbax_template, to_local
 from lip_jax.app.config import UsageError, load_config
 from lip_jax.app.outputs import check_dir, check_file, distinct
@@ -152,6 +153,7 @@ def _model_config(args, kind: str):
     if not args.config:
         raise UsageError(f"--kind {kind} needs --config (the model it belongs to)")
     config = load_config(args.config)
+    ranges.check_config(config)
     need = ("vqgan",) if kind == "dfvqgan" else ("mps", "vqgan")
     missing = [s for s in need if s not in config]
     if missing:

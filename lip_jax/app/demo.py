@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from lip_jax import ranges
 from lip_jax.app.config import UsageError, load_config
 
 def _say(msg: str) -> None:
@@ -275,9 +276,8 @@ def run(args) -> None:
     quality = getattr(args, "quality", False)
     cfg, config_name = demo_config(args.config, quality)
     if args.images is not None:
-        if args.images < 1:
-            raise UsageError(f"--images must be >= 1, got {args.images}")
-        cfg.eval.num_images = args.images
+        cfg.eval.num_images = ranges.check("images", args.images, cfg.stage2, what="--images")
+    ranges.check_config(cfg)
     work = os.path.abspath(args.workdir or ("runs/demo-quality" if quality else "runs/demo"))
     cfg.stage2.vqgan_ckpt = os.path.join(work, "stage1")
     # A rerun resumes or reuses each stage; one trained (or begun) with another config, e.g. the

@@ -43,6 +43,7 @@ import time
 import jax
 import numpy as np
 
+from lip_jax import ranges
 from lip_jax.app import inference, pipeline
 from lip_jax.app.checkpoints import fingerprint, load_clip_any, load_inception_any, load_lip, load_lpips_any
 from lip_jax.app.config import UsageError, apply_overrides, load_config
@@ -176,16 +177,8 @@ def _settings(config) -> dict:
     s = {k: ev[k] for k in SAMPLING_KEYS}
     s.update(clip_config=ev.get("clip_config", ""), metric_batch_size=ev.get("metric_batch_size", 32),
              max_examples=ev.get("max_examples", 0))
-    for key, low in (("sample_K", 1), ("best_n", 1), ("top_k", 1), ("batch_size", 1), ("metric_batch_size", 1),
-                     ("max_examples", 0), ("seed", 0)):
-        v = s[key]
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise UsageError(f"eval.{key} must be an integer, got {v!r}")
-        if v < low:
-            raise UsageError(f"need eval.{key} >= {low} (got {v})")
-        s[key] = int(v)
-    if s["seed"] >= 2 ** 32:
-        raise UsageError(f"need eval.seed < 2**32 (got {s['seed']})")
+    for key in ("sample_K", "best_n", "top_k", "batch_size", "metric_batch_size", "max_examples", "seed"):
+        s[key] = ranges.check(key, s[key], config, what=f"config.eval.{key}")  # the rule of every integer
     t = s["temperature"]
     if isinstance(t, bool) or not isinstance(t, (int, float, np.number)) or not (math.isfinite(t) and t > 0):
         raise UsageError(f"need a finite eval.temperature > 0 (got {t!r})")

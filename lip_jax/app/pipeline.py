@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lip_jax import ranges
 from lip_jax.app import inference, photo
 from lip_jax.app.config import UsageError
 from lip_jax.data.images import read_image, read_mask, to_uint8, to_unit
@@ -77,6 +78,8 @@ def inpaint(vq_params, vq_cfg, mps_params, mps_cfg, image, mask, text: str | Seq
     tokens [B, K, h*w], token_mask [B, h*w].
     """
     log = log or (lambda msg: None)
+    num_samples, top_k, seed = (ranges.check(n, v) for n, v in (("num_samples", num_samples), ("top_k", top_k),
+                                                                 ("seed", seed)))
     model, mps_cfg = check_models(vq_cfg, mps_cfg)
     image, mask = np.asarray(image, np.float32), np.asarray(mask)
     if image.ndim == 3:
@@ -161,6 +164,7 @@ class Inpainter:
     def __init__(self, weights: dict, config, mesh=None):
         """`mesh`: default the config's `mesh` section (data parallel over every device without one).
         Several processes: every process builds it and calls it with the same inputs."""
+        ranges.check_config(config)
         self.config = config
         self.model, self.mps_cfg = check_models(config.vqgan, config.mps)
         self.mesh = mesh if mesh is not None else inference.mesh_of(config)
@@ -196,6 +200,7 @@ class Inpainter:
         """Fill each image's hole (mask True / non-zero = hole; `invert_mask`: the mask marks what
         to keep). One image or a list; text: one string for all or one per image. Sampling
         settings default to the config's `sample` section."""
+        seed = ranges.check("seed", seed)  # before the images are read
         photos, holes = read_inputs(image, mask, invert_mask)
         k, top_k, temperature, decoder = sampling(self.config, num_samples, top_k, temperature)
         if log and any(h.all() for h in holes):
@@ -215,6 +220,7 @@ def check_config(config, spec: str) -> None:
     """The config has both models, and they fit each other (a one-line UsageError if not)."""
     if "mps" not in config or "vqgan" not in config:
         raise UsageError(f"{spec}: needs `mps` and `vqgan` sections (e.g. configs/mps_coco.py)")
+    ranges.check_config(config)
     try:
         check_models(config.vqgan, config.mps)
     except ValueError as e:
@@ -234,12 +240,11 @@ def sampling(config, num_samples=None, top_k=None, temperature=None) -> tuple[in
     """(num_samples, top_k, temperature, decoder): the given values, else the config's `sample`
     section (the decoder always from there)."""
     sample = config.sample.to_dict() if "sample" in config else {}
-    k = int(sample.get("num_samples", 2) if num_samples is None else num_samples)
-    top_k = int(sample.get("top_k", 128) if top_k is None else top_k)
+    k = ranges.check("num_samples", sample.get("num_samples", 2) if num_samples is None else num_samples, config)
+    top_k = ranges.check("top_k", sample.get("top_k", 128) if top_k is None else top_k, config)
     temperature = float(sample.get("temperature", 1.0) if temperature is None else temperature)
-    if k < 1 or top_k < 1 or not 0 < temperature < float("inf"):
-        raise UsageError(f"need num_samples >= 1, top_k >= 1, a finite temperature > 0 "
-                         f"(got {k}, {top_k}, {temperature})")
+    if not 0 < temperature < float("inf"):
+        raise UsageError(f"need a finite temperature > 0 (got {temperature})")
     from lip_jax.sample import DECODERS
 
     decoder = sample.get("decoder", "auto")

@@ -30,6 +30,7 @@ import grain
 import numpy as np
 from PIL import Image
 
+from lip_jax import ranges
 from lip_jax.data import masks as masks_lib
 from lip_jax.data.augment import STAGE2_AUGMENT, Augment, augment, center_resize
 from lip_jax.data.errors import DataError
@@ -69,6 +70,15 @@ class PipelineConfig:
     worker_buffer_size: int = 2
     training: bool = True
     with_ids: bool = False
+
+    def __post_init__(self):
+        # the project's integer rule (lip_jax.ranges), for callers that skip the config's check
+        fields = {"image_size": self.image_size, "vae_patch_size": self.vae_patch_size, "seed": self.seed,
+                  "workers": self.worker_count, "worker_buffer_size": self.worker_buffer_size,
+                  "batch_size": self.batch_size}
+        context = {"data": {"image_size": self.image_size}}  # the batch's bound follows the image side
+        for name, value in fields.items():
+            ranges.check(name, value, context, what=f"PipelineConfig.{name}")
 
 
 @dataclasses.dataclass

@@ -1,7 +1,8 @@
 """What keeps a training run honest under faults: settings checked before any work, one trainer per
 workdir, SIGTERM and Ctrl-C handled alike (checkpoint, then a non-zero exit), and a divergence guard
-(a step that would make the state non-finite, or whose gradient norm passes a bound, changes
-nothing; a run of such steps ends the run).
+(a step that would make the state non-finite, whose gradient norm passes a bound, or whose update
+moves the parameters by more than `train.max_update_ratio` times their norm, changes nothing; a
+run of such steps ends the run).
 
 Exit codes (lip_jax.cli): 0 finished, 2 bad input, 3 diverged, 74 a checkpoint could not be
 written (disk full, storage gone; the previous checkpoint is intact), 75 interrupted with a
@@ -16,10 +17,13 @@ import math
 import os
 import signal
 import socket
+import sys
+import threading
 
 import jax
 import jax.numpy as jnp
 
+from lip_jax import ranges
 from lip_jax.paths import is_url, path, write_probe
 
 INTERRUPTED_EXIT, DIVERGED_EXIT, SAVE_FAILED_EXIT = 75, 3, 74
@@ -33,9 +37,16 @@ class Interrupted(Exception):
     """SIGTERM / SIGINT: a checkpoint was saved at `step`."""
 
     def __init__(self, step: int, signum: int):
-        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}: checkpoint saved; "
-                         f"rerun the same command to resume")
+        super().__init__(_interrupted(step, signum))
         self.step = step
+
+
+def _interrupted(step: int | None, signum: int) -> str:
+    name = signal.Signals(signum).name
+    if step is None:  # start-up: the checkpoints before it stand
+        return (f"interrupted by {name} during start-up, before the first step: nothing new to save; "
+                f"rerun the same command to resume")
+    return f"interrupted by {name} at step {step}: checkpoint saved; rerun the same command to resume"
 
 
 class Diverged(Exception):
@@ -94,8 +105,15 @@ def _root_oserror(e: BaseException):
 
 
 def check_config(config) -> None:
-    """Every numeric training setting, before the first byte of work."""
-    t, d = config.train, config.data
+    """Every numeric training setting, before the first byte of work: the integers against their
+    ranges (lip_jax.ranges, the rule of every command), the rates here."""
+    t = config.train
+    for name in ("total_steps", "keep", "save_every", "log_every"):
+        if name not in t:
+            raise ConfigError(f"config: need train.{name}")
+    if "batch_size" not in config.data:
+        raise ConfigError("config: need data.batch_size")
+    ranges.check_config(config)
     problems = []
 
     def need(ok: bool, what: str) -> None:
@@ -105,11 +123,6 @@ def check_config(config) -> None:
     def finite(x) -> bool:
         return isinstance(x, (int, float)) and math.isfinite(x)
 
-    for name in ("total_steps", "keep", "save_every", "log_every"):
-        need(isinstance(t.get(name), int) and t.get(name) >= 1, f"train.{name} >= 1 (got {t.get(name)!r})")
-    need(isinstance(t.get("sample_every", 0), int) and t.get("sample_every", 0) >= 0,
-         f"train.sample_every >= 0 (got {t.get('sample_every')!r})")
-    need(isinstance(d.get("batch_size"), int) and d.batch_size >= 1, f"data.batch_size >= 1 (got {d.get('batch_size')!r})")
     for name in ("lr", "base_lr"):
         if name in t:
             need(finite(t[name]) and t[name] > 0, f"train.{name} finite and > 0 (got {t[name]!r})")
@@ -118,11 +131,8 @@ def check_config(config) -> None:
             need(finite(t[name]) and t[name] >= 0, f"train.{name} finite and >= 0 (got {t[name]!r})")
     need(finite(t.get("skip_grad_norm", math.inf)) or t.get("skip_grad_norm") == math.inf,
          "train.skip_grad_norm a number")
-    need(isinstance(t.get("max_skipped_steps", 10), int) and t.get("max_skipped_steps", 10) >= 1,
-         f"train.max_skipped_steps >= 1 (got {t.get('max_skipped_steps')!r})")
-    need(isinstance(t.get("grad_accum", 1), int) and t.get("grad_accum", 1) >= 1, "train.grad_accum >= 1")
-    seed = config.get("seed", 0)
-    need(isinstance(seed, int) and 0 <= seed < 2**32, f"seed in [0, 2**32) (got {seed!r})")
+    ratio = t.get("max_update_ratio", MAX_UPDATE_RATIO)
+    need(finite(ratio) and ratio > 0, f"train.max_update_ratio finite and > 0 (got {ratio!r})")
     if problems:
         raise ConfigError("config: need " + "; ".join(problems))
 
@@ -166,8 +176,12 @@ class WorkdirLock:
             f.write(me)
 
     def __exit__(self, *exc):
+        self.release()
+
+    def release(self) -> None:
         if self.held and self.path.exists():
             self.path.unlink()
+        self.held = False
 
 
 def _alive(pid: int) -> bool:
@@ -182,31 +196,72 @@ def _alive(pid: int) -> bool:
 
 class StopSignals:
     """SIGTERM and SIGINT set a flag the loop reads between steps (no KeyboardInterrupt from inside
-    the data loader); a second Ctrl-C stops at once.
+    the data loader); a second Ctrl-C stops at once. Until `started()` (the first step compiled and
+    ran) there is nothing new to save: a signal ends the process at once with exit 75 and one line,
+    `cleanup` run first (the workdir lock). A watchdog thread, woken through the signal module's
+    wakeup fd, does it when the main thread is held in native code (a compilation, a large
+    allocation), where Python runs no handler; raising into that code instead can crash the
+    interpreter at exit.
 
     Several processes must agree on the step they save at, or the collective save hangs or mixes
     steps: the signal reaches hosts at different steps. There SIGTERM is left to JAX's preemption
     service (installed by jax.distributed.initialize: it tells the coordinator, which picks one
     step all hosts reach), a Ctrl-C is handed to it as a SIGTERM, and `reached(step)` asks it."""
 
-    def __init__(self):
+    def __init__(self, cleanup=None, message: str | None = None):
+        self.message = message  # the line of an abort (default: training's start-up one)
         self.signum = None
         self.stopped = False  # set by `reached`: the loop saved and stops (all hosts alike)
+        self.running = False  # set by `started`: signals now wait for the step's end and a save
+        self.cleanup = cleanup
+        self._aborting = threading.Lock()
         from jax._src import distributed
 
         self.shared = distributed.global_state.preemption_sync_manager is not None
 
     def _handle(self, signum, frame):
+        if not self.running:
+            self._abort(signum)
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
         if self.shared:
             os.kill(os.getpid(), signal.SIGTERM)  # to the preemption service: all hosts agree
 
+    def _abort(self, signum: int) -> None:
+        with self._aborting:  # the handler and the watchdog may both get here: one line
+            line = (self.message.format(signal=signal.Signals(signum).name) if self.message
+                    else _interrupted(None, signum))
+            sys.stderr.write(f"lip-jax: {line}\n")
+            sys.stderr.flush()
+            try:
+                if self.cleanup is not None:
+                    self.cleanup()
+            finally:
+                os._exit(INTERRUPTED_EXIT)
+
     def __enter__(self):
         ours = (signal.SIGINT,) if self.shared else (signal.SIGTERM, signal.SIGINT)
         self.previous = {s: signal.signal(s, self._handle) for s in ours}
+        self._done = threading.Event()
+        r, self._w = os.pipe()
+        os.set_blocking(self._w, False)
+        self._wakeup = signal.set_wakeup_fd(self._w)  # written by the C handler, even mid native call
+        threading.Thread(target=self._watch, args=(r, ours), daemon=True, name="lip_jax-stop-watchdog").start()
         return self
+
+    def _watch(self, fd: int, ours) -> None:
+        with open(fd, "rb", buffering=0) as r:
+            while True:
+                got = r.read(1)
+                if not got or self._done.is_set():
+                    return
+                if not self.running and got[0] in ours:
+                    self._abort(got[0])
+
+    def started(self) -> None:
+        """The first step ran: from now on a signal saves a checkpoint after the current step."""
+        self.running = True
 
     def reached(self, step: int) -> bool:
         """Save and stop after `step`? Called by every process at every step."""
@@ -221,22 +276,56 @@ class StopSignals:
         return self.stopped
 
     def __exit__(self, *exc):
+        self._done.set()
+        signal.set_wakeup_fd(self._wakeup)
+        os.close(self._w)  # the watchdog's read returns
         for s, h in self.previous.items():
             signal.signal(s, h)
 
 
-def guard(step_fn, skip_grad_norm: float):
+# A healthy Adam step moves each weight by about the learning rate, so its update's norm against
+# the parameters' is about lr / rms(weight): under 0.05 for every official recipe's first steps
+# (tests/test_train_faults.py measures the tiny presets). A ratio near 1 replaces the weights by
+# the update: the finite blow-up (|w| ~ 1e30) of an absurd learning rate, which a non-finite check
+# only sees one step too late, after it reached a checkpoint.
+MAX_UPDATE_RATIO = 1.0
+
+
+def guard(step_fn, skip_grad_norm: float, max_update_ratio: float = MAX_UPDATE_RATIO):
     """Wrap a train step: keep the old state (all but step and rng) when the loss, the gradient
-    norm or any updated parameter is non-finite, or the gradient norm passes `skip_grad_norm`."""
+    norm or any updated parameter is non-finite, the gradient norm passes `skip_grad_norm`, or the
+    update moves the parameters by more than `max_update_ratio` times their norm
+    (||new - old|| / ||old||, over every trained parameter field; metric `update_ratio`)."""
     def guarded(state, *args):
         new, metrics = step_fn(state, *args)
-        ok = metrics["finite"] & all_finite(new)
+        ratio = update_ratio(state, new)
+        ok = metrics["finite"] & all_finite(new) & (ratio <= max_update_ratio)
         if "grad_norm" in metrics:
             ok &= jnp.isfinite(metrics["grad_norm"]) & (metrics["grad_norm"] <= skip_grad_norm)
         fields = {f: jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), getattr(new, f), getattr(state, f))
                   for f in new.__dataclass_fields__ if f not in ("step", "rng")}
-        return new.replace(**fields), dict(metrics, finite=ok)
+        return new.replace(**fields), dict(metrics, finite=ok, update_ratio=ratio)
     return guarded
+
+
+def update_ratio(old, new) -> jax.Array:
+    """||new - old|| / ||old|| over the float leaves of the state's parameter fields (`params`,
+    `disc_params`; not the optimizer moments, which start at zero), in float32. The largest
+    ratio over the fields: a discriminator blowing up is not hidden by a larger autoencoder."""
+    ratios = []
+    for f in old.__dataclass_fields__:
+        if not f.endswith("params"):
+            continue
+        pairs = [(a.astype(jnp.float32), b.astype(jnp.float32))
+                 for a, b in zip(jax.tree_util.tree_leaves(getattr(old, f)), jax.tree_util.tree_leaves(getattr(new, f)))
+                 if jnp.issubdtype(a.dtype, jnp.floating)]
+        if not pairs:
+            continue
+        moved = sum(jnp.sum(jnp.square(b - a)) for a, b in pairs)
+        size = sum(jnp.sum(jnp.square(a)) for a, _ in pairs)
+        # the floor only avoids 0 / 0: every model's parameter fields hold non-zero kernels
+        ratios.append(jnp.sqrt(moved) / jnp.maximum(jnp.sqrt(size), 1e-12))
+    return jnp.max(jnp.stack(ratios)) if ratios else jnp.zeros((), jnp.float32)
 
 
 def all_finite(tree) -> jax.Array:

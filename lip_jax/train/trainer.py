@@ -4,8 +4,8 @@
 
 One orbax CheckpointManager holds a Composite of the train state and every host's data-iterator
 state; saves are asynchronous, the last `keep` are kept, restore reshards onto the current mesh.
-SIGTERM saves and exits. A non-finite step changes no weight, is reported, and no checkpoint is
-written at it. Only process 0 writes logs, TensorBoard scalars and sample grids.
+SIGTERM saves and exits. A non-finite or absurd step (lip_jax.train.faults.guard) changes no
+weight, is reported, and no checkpoint is written at it. Only process 0 writes logs, TensorBoard scalars and sample grids.
 """
 
 from __future__ import annotations
@@ -242,7 +242,7 @@ def train(config, workdir, max_steps: int | None = None) -> dict:
     initialize_distributed(config)
     workdir = path(workdir)  # gs://bucket/run stays a URL: orbax, logs and grids write there
     faults.check_writable(workdir)
-    with faults.WorkdirLock(workdir), faults.StopSignals() as stop:
+    with faults.WorkdirLock(workdir) as lock, faults.StopSignals(cleanup=lock.release) as stop:
         return _train(config, workdir, max_steps, stop)
 
 
@@ -268,12 +268,13 @@ def _train(config, workdir, max_steps: int | None, stop) -> dict:
         state = state if restored is None else restored
         steps: dict = {}
         skip_norm = float(t.get("skip_grad_norm", float("inf")))
+        max_ratio = float(t.get("max_update_ratio", faults.MAX_UPDATE_RATIO))
 
         def step_fn(step, batch):
             key = task.select(step) if task.select else None
             if key not in steps:
                 batch_sh = {k: v.sharding for k, v in batch.items()}
-                steps[key] = jax.jit(faults.guard(task.make_step(key), skip_norm), donate_argnums=0,
+                steps[key] = jax.jit(faults.guard(task.make_step(key), skip_norm, max_ratio), donate_argnums=0,
                                      in_shardings=(shardings, *(partitioning.replicated(mesh),) * len(extra), batch_sh),
                                      out_shardings=(shardings, partitioning.replicated(mesh)))
             return steps[key]
@@ -289,6 +290,8 @@ def _train(config, workdir, max_steps: int | None, stop) -> dict:
                 local = next(data_iter)
                 batch = partitioning.global_batch({k: local[k] for k in task.batch_keys}, mesh)
                 state, metrics = step_fn(step, batch)(state, *extra, batch)
+                if not stop.running:
+                    stop.started()  # compiled and dispatched: a signal now waits for a checkpoint
                 done = step + 1
                 # The previous step's verdict, read while this one runs: no stall, exact count.
                 if pending is not None:
@@ -297,8 +300,10 @@ def _train(config, workdir, max_steps: int | None, stop) -> dict:
                 if skipped_run >= max_skipped:
                     raise faults.Diverged(
                         f"training diverged: {skipped_run} consecutive steps skipped (non-finite loss, gradient "
-                        f"or parameters, or gradient norm over train.skip_grad_norm) before step {done}; the last "
-                        f"checkpoint is step {manager.latest_step()}: lower train.lr or raise train.max_skipped_steps")
+                        f"or parameters, gradient norm over train.skip_grad_norm, or an update over "
+                        f"train.max_update_ratio={max_ratio:g} of the weights' norm) before step {done}; the last "
+                        f"checkpoint is step {manager.latest_step() or 'none'}: lower train.lr or raise "
+                        f"train.max_skipped_steps")
                 as_float = jax.tree_util.tree_map(lambda v: v.astype(jnp.float32), metrics)  # bools count
                 acc = as_float if acc is None else jax.tree_util.tree_map(jnp.add, acc, as_float)
                 n_acc += 1
@@ -306,8 +311,9 @@ def _train(config, workdir, max_steps: int | None, stop) -> dict:
                     means = jax.device_get(acc)
                     bad = n_acc - int(means.pop("finite"))
                     last = {k: float(v) / n_acc for k, v in means.items()}  # mean over the interval
+                    last["skipped"] = float(bad)  # steps of the interval the guard kept out
                     if bad:
-                        log.warning("steps %d-%d: %d skipped (non-finite or over the gradient-norm bound); "
+                        log.warning("steps %d-%d: %d skipped (non-finite, or over the gradient-norm or update bound); "
                                     "those updates changed nothing", done - n_acc + 1, done, bad)
                     with faults.saving(manager, done, what=str(workdir / "metrics.jsonl"), any_error=False):
                         writer.scalars(done, last)
