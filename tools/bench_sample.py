@@ -3,6 +3,12 @@
     python tools/bench_sample.py                       # "mid" (both samplers) and "cc" (official size)
     python tools/bench_sample.py --presets mid --batch 2 --hole 0.5 --reps 3
     python tools/bench_sample.py --presets cc --config.dtype=bfloat16     # an MPSConfig field override
+    python tools/bench_sample.py --decoders --demo-workdir runs/demo      # sequential vs parallel decoder
+
+--decoders compares the sequential and the parallel (speculative Jacobi) decoder on lip-jax demo's
+trained stage 2 and on the mid preset with random weights, batch 1 and 8, greedy and with each
+model's sampling settings: decoder passes per call, tokens per pass, time per image, FLOPs per
+token, and whether the greedy tokens are equal (--windows / --drafts / --coupled add levers).
 
 Same random weights and inputs for both samplers, greedy-free top-k sampling (k=128), a centred
 square hole covering ~`hole` of the token grid. The recompute baseline is skipped when its estimate
