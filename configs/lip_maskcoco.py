@@ -37,6 +37,7 @@ def build(preset: str, dataset: str) -> ml_collections.ConfigDict:
         raise ValueError(f"unknown preset {preset!r}; have coco, cc, tiny")
     c.data = dict(source="mask_eval", dataset=dataset)
     c.eval = base.eval  # the training config's evaluation settings: one definition
+    c.sample = base.sample  # inpaint's defaults and the token decoder (sample.decoder), as trained
     # Several hosts: as training (lip_jax.train.trainer.initialize_distributed); enabled with no
     # other field reads TPU / SLURM environments.
     c.distributed = dict(enabled=False, coordinator_address="", num_processes=0, process_id=-1,

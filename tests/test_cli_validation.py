@@ -285,6 +285,12 @@ def test_non_finite_float_override_is_one_line(capsys, value):
     one_line_error(capsys, f"--config.train.lr={value}", "not a finite number")
 
 
+def test_inpaint_unknown_decoder_is_one_line_before_loading(files, tmp_path, monkeypatch, capsys):
+    _no_loading(monkeypatch)
+    assert main(inpaint_argv(files, tmp_path / "o.png", "--config.sample.decoder=jacobi")) == 2
+    one_line_error(capsys, "sample.decoder='jacobi': not one of auto, sequential, parallel")
+
+
 def test_inpaint_temperature_must_be_finite(files, tmp_path, monkeypatch, capsys):
     _no_loading(monkeypatch)
     assert main(inpaint_argv(files, tmp_path / "o.png", "--temperature", "inf")) == 2
@@ -332,6 +338,7 @@ def eval_argv(lip, ckpt, out, *extra, data=None):
     ("--config.eval.max_examples=-1", "config.eval.max_examples=-1: out of range [0, 2147483647]"),
     ("--config.eval.temperature=0", "finite eval.temperature > 0"),
     ("--config.eval.temperature=nan", "not a finite number"),
+    ("--config.sample.decoder=jacobi", "sample.decoder='jacobi': not one of auto, sequential, parallel"),
 ])
 def test_eval_bad_setting_writes_nothing(lip, tmp_path, capsys, override, match):
     out = tmp_path / "out"

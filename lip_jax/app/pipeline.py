@@ -249,7 +249,7 @@ def sampling(config, num_samples=None, top_k=None, temperature=None) -> tuple[in
 
     decoder = sample.get("decoder", "auto")
     if decoder not in DECODERS:
-        raise UsageError(f"sample.decoder must be one of {', '.join(DECODERS)} (got {decoder!r})")
+        raise UsageError(f"sample.decoder={decoder!r}: not one of {', '.join(DECODERS)}")
     return k, top_k, temperature, decoder
 
 
