@@ -100,7 +100,7 @@ def test_top_k_keep_matches_sort():
     x[4] *= 1e-30
     x[5] = -np.abs(x[5]) * 1e30
     ref = jax.jit(lambda v, k: v >= jnp.take_along_axis(-jnp.sort(-v, axis=-1), jnp.full((6, 1), k - 1), axis=-1))
-    got = jax.jit(sample._top_k_keep)
+    got = jax.jit(sample.common.top_k_keep)
     for k in range(1, 17):
         keep = np.asarray(got(x, jnp.int32(k)))
         np.testing.assert_array_equal(keep, np.asarray(ref(x, jnp.int32(k))), err_msg=f"k={k}")
@@ -139,7 +139,7 @@ def test_kernels_cast_once_give_the_same_bf16_model(setup):
 
     params, inputs = setup
     cfg = dataclasses.replace(CFG, dtype="bfloat16")
-    cast = sample._compute_kernels(params, cfg)
+    cast = sample.common.compute_kernels(params, cfg)
     kernels = [x.dtype for p, x in jax.tree_util.tree_leaves_with_path(cast) if p[-1].key == "kernel"]
     assert kernels and set(kernels) == {jnp.dtype(jnp.bfloat16)}
     model = mps2s.MPS2S(cfg)

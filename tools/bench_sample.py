@@ -228,7 +228,7 @@ def demo_inputs(workdir, count):
                               text_ids=get_tokenizer(cfg.tokenizer, cfg.text_len)(data["true_text"])), (s.top_k, s.temperature)
 
 
-def compare(name, params, cfg, x, batch, top_k, temperature, reps, options, decoders):
+def compare(name, params, cfg, x, batch, top_k, temperature, reps, decoders):
     """Every decoder on the same rows in calls of `batch` images: passes, tokens per pass, time, FLOPs."""
     count = x["tokens"].shape[0] // batch * batch
     holes = np.asarray(x["token_mask"][:count]).sum()
@@ -280,7 +280,8 @@ def compare(name, params, cfg, x, batch, top_k, temperature, reps, options, deco
     return rows
 
 
-def decoders_main(args, overrides):
+def decoders_main(args):
+    batches = [int(b) for b in args.batches.split(",")]
     levers = [("sequential", None)]
     for w in [int(v) for v in args.windows.split(",")]:
         for draft in args.drafts.split(","):
@@ -293,18 +294,16 @@ def decoders_main(args, overrides):
         cases.append(("demo", params, cfg, x, [(1, 1.0), (top_k, temperature)]))
     if "mid" in args.models:
         cfg = mps2s.MPSConfig.from_any("mid")
-        n = max(args.batches_list())
+        n = max(batches)
         cases.append(("mid (random)", jax.device_put(random_params(cfg)), cfg,
                       {k: np.asarray(v) for k, v in inputs(cfg, n, args.hole).items()}, [(1, 1.0), (128, 1.0)]))
     rows = []
     for name, params, cfg, x, settings in cases:
-        for batch in args.batches_list():
+        for batch in batches:
+            # mid: --mid-images at batch 1 (each takes seconds), one call at larger batches
+            x1 = {k: v[:max(batch, args.mid_images)] for k, v in x.items()} if name.startswith("mid") else x
             for top_k, temperature in settings:
-                if name.startswith("mid") and batch == 1:
-                    x1 = {k: v[:args.mid_images] for k, v in x.items()}
-                else:
-                    x1 = x if not name.startswith("mid") else {k: v[:max(batch, args.mid_images)] for k, v in x.items()}
-                rows += compare(name, params, cfg, x1, batch, top_k, temperature, args.reps, None, levers)
+                rows += compare(name, params, cfg, x1, batch, top_k, temperature, args.reps, levers)
                 print(f"# {name} batch {batch} top_k {top_k}: done", file=sys.stderr, flush=True)
     print("| model | batch | top-k, T | decoder | passes per call | fewer passes | tokens per pass | s per image "
           "| speedup | GFLOP per token | greedy tokens equal |")
@@ -340,18 +339,19 @@ def main():
     ap.add_argument("--images", type=int, default=48, help="--decoders: demo scenes")
     ap.add_argument("--mid-images", type=int, default=2, help="--decoders: mid images at batch 1")
     ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--windows", default="16", help="--decoders: parallel windows to compare")
-    ap.add_argument("--drafts", default="left", help="--decoders: first drafts to compare (left, above, zero)")
+    ap.add_argument("--windows", default="32", help="--decoders: parallel windows to compare")
+    ap.add_argument("--drafts", default="above", help="--decoders: first drafts to compare (left, above, zero)")
     ap.add_argument("--coupled", default="1", help="--decoders: 1 coupled redraws, 0 fresh ones (or both: 1,0)")
     try:
         rest, overrides = split_overrides(sys.argv[1:])
     except UsageError as e:
         ap.error(str(e))
     args = ap.parse_args(rest)
-    args.batches_list = lambda: [int(b) for b in args.batches.split(",")]
     if args.decoders:
+        if overrides:  # the decoders compare fixed models: an override would be silently ignored
+            ap.error("--decoders takes no --config overrides")
         try:
-            return decoders_main(args, overrides)
+            return decoders_main(args)
         except UsageError as e:
             ap.error(str(e))
     rows, prev = [], None

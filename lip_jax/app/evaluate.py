@@ -48,9 +48,8 @@ from lip_jax.app import inference, pipeline
 from lip_jax.app.checkpoints import fingerprint, load_clip_any, load_inception_any, load_lip, load_lpips_any
 from lip_jax.app.config import UsageError, apply_overrides, load_config
 from lip_jax.app.outputs import check_dir
-from lip_jax.models.mps2s import MPSConfig
 from lip_jax.paths import is_url, path as as_path
-from lip_jax.sample import DECODERS, decoder_id
+from lip_jax.sample import decoder_id
 from lip_jax.data.images import to_uint8, to_unit
 from lip_jax.eval.folder import (VISU, allgather, barrier, check_masks, compute_metrics, image_path,
                                  load_example, share)
@@ -185,10 +184,7 @@ def _settings(config) -> dict:
     if not s["best_n"] <= s["sample_K"]:
         raise UsageError(f"need 1 <= eval.best_n <= eval.sample_K (got {s['best_n']}, {s['sample_K']})")
     # the decoder that runs (config.sample.decoder resolved): a resume must not mix two decoders' images
-    decoder = config.sample.get("decoder", "auto") if "sample" in config else "auto"
-    if decoder not in DECODERS:
-        raise UsageError(f"sample.decoder={decoder!r}: not one of {', '.join(DECODERS)}")
-    s["decoder"] = decoder_id(MPSConfig.from_any(config.mps.to_dict()), decoder)
+    s["decoder"] = decoder_id(pipeline.config_decoder(config))
     if s["clip_resize"] not in ("nearest", "bicubic"):
         raise UsageError(f"eval.clip_resize must be nearest or bicubic, got {s['clip_resize']!r}")
     return s

@@ -97,7 +97,7 @@ def inpaint(vq_params, vq_cfg, mps_params, mps_cfg, image, mask, text: str | Seq
     from lip_jax.sample import check_args, decoder_id
 
     check_args(mps_cfg, k, top_k, temperature)
-    decoder = decoder_id(mps_cfg, decoder)
+    decoder = decoder_id(decoder)
     mesh = mesh if mesh is not None else inference.mesh_of()
     prog = inference.programs(model, mps_cfg, mesh, b, k, decoder)
     where = f"{mesh.size} device(s)" + (f", {prog.rows - b * k} padding row(s)" if prog.rows > b * k else "")
@@ -245,12 +245,17 @@ def sampling(config, num_samples=None, top_k=None, temperature=None) -> tuple[in
     temperature = float(sample.get("temperature", 1.0) if temperature is None else temperature)
     if not 0 < temperature < float("inf"):
         raise UsageError(f"need a finite temperature > 0 (got {temperature})")
+    return k, top_k, temperature, config_decoder(config)
+
+
+def config_decoder(config) -> str:
+    """The config's `sample.decoder` (default "auto"), checked: a one-line UsageError if unknown."""
     from lip_jax.sample import DECODERS
 
-    decoder = sample.get("decoder", "auto")
+    decoder = config.sample.get("decoder", "auto") if "sample" in config else "auto"
     if decoder not in DECODERS:
         raise UsageError(f"sample.decoder={decoder!r}: not one of {', '.join(DECODERS)}")
-    return k, top_k, temperature, decoder
+    return decoder
 
 
 def _as_list(x) -> list:

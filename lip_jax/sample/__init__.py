@@ -24,13 +24,12 @@ import jax
 import jax.numpy as jnp
 
 from lip_jax.models.mps2s import MPSConfig, check_inputs
-from lip_jax.sample.common import (check_args, compute_kernels as _compute_kernels, kv_cache_bytes, padded_rows,
-                                   to_rows, top_k_keep as _top_k_keep)
+from lip_jax.sample.common import check_args, kv_cache_bytes, padded_rows, to_rows
 from lip_jax.sample.jacobi import DRAFTS, jacobi_rows
 from lip_jax.sample.sequential import recompute_rows, sample_rows as sequential_rows
 
-__all__ = ["DECODERS", "DRAFTS", "check_args", "kv_cache_bytes", "decoder_id", "jacobi_tokens", "padded_rows", "sample_rows",
-           "sample_tokens", "sample_tokens_recompute", "to_rows"]
+__all__ = ["DECODERS", "DRAFTS", "check_args", "kv_cache_bytes", "decoder_id", "jacobi_tokens", "padded_rows",
+           "sample_rows", "sample_tokens", "sample_tokens_recompute", "to_rows"]
 
 DECODERS = ("auto", "sequential", "parallel")
 DEFAULT_WINDOW = 32
@@ -41,7 +40,7 @@ DEFAULT_WINDOW = 32
 AUTO_PARALLEL_BACKENDS = ("gpu", "tpu")
 
 
-def decoder_id(cfg: MPSConfig, decoder: str = "auto") -> str:
+def decoder_id(decoder: str = "auto") -> str:
     """What runs for `decoder` (a DECODERS name, or an id this returned): "sequential" or
     "parallel-w<window>". Eval records it: two ids draw different tokens from one seed."""
     if decoder.startswith("parallel-w") and decoder[10:].isdigit() and int(decoder[10:]) >= 1:
@@ -57,7 +56,7 @@ def sample_rows(params, tokens, token_mask, image, text_ids, rng, top_k, tempera
                 row_multiple: int = 1, decoder: str = "auto"):
     """The chosen decoder's traced body -> int32 [rows, N] (rows = B * num_samples rounded up to a
     multiple of `row_multiple`)."""
-    decoder = decoder_id(cfg, decoder)
+    decoder = decoder_id(decoder)
     if decoder == "sequential":
         return sequential_rows(params, tokens, token_mask, image, text_ids, rng, top_k, temperature, cfg=cfg,
                                num_samples=num_samples, row_multiple=row_multiple)
@@ -84,7 +83,8 @@ sample_tokens.__doc__ = ("Hole tokens sampled, known tokens kept -> int32 [B * n
 
 jacobi_tokens = _api(jax.jit(jacobi_rows, static_argnames=("cfg", "num_samples", "row_multiple", "window", "draft",
                                                           "coupled", "rule", "with_stats")))
-jacobi_tokens.__doc__ = "The parallel decoder with every option (window, draft, coupled, with_stats): benchmarks and tests."
+jacobi_tokens.__doc__ = ("The parallel decoder with every option (window, draft, coupled, with_stats): "
+                         "benchmarks and tests.")
 
 sample_tokens_recompute = _api(jax.jit(recompute_rows, static_argnames=("cfg", "num_samples")))
 sample_tokens_recompute.__doc__ = "The official recompute-everything algorithm (reference only)."

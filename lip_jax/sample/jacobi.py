@@ -19,9 +19,10 @@ inverse CDF, one uniform each; with `coupled` drafts a hole's redraws reuse one 
 redraft from a barely changed p_i repeats the last draft (the coupling of MC-SJD).
 
 A run of known slots at least W long before the next hole is run in the sequential decoder's bulk
-pieces (64 positions) instead. Cache entries past the frontier are written by each pass and overwritten by the next; attention
-never reads them (keys from the cache stop at the window's start). Rows accept independently; the
-loop runs until every row has filled its holes. Uniforms: per (row, grid position, use), drawn once.
+pieces (64 positions) instead. Cache entries past the frontier are written by each pass and
+overwritten by the next; attention never reads them (keys from the cache stop at the window's
+start). Rows accept independently; the loop runs until every row has filled its holes. Uniforms:
+per (row, grid position, use), drawn once.
 """
 
 from __future__ import annotations
@@ -137,9 +138,8 @@ def jacobi_rows(params, tokens, token_mask, image, text_ids, rng, top_k, tempera
         jc = jnp.minimum(j, w - 1)[:, None]
 
         # the stop's token: from the residual after a rejection, from p where no slot read the draft
-        p_j, q_j = (jnp.exp(jnp.take_along_axis(a, jc[..., None], axis=1)[:, 0]) for a in (logp, logq))
-        lp_j = jnp.take_along_axis(logp, jc[..., None], axis=1)[:, 0]
-        res = jnp.maximum(p_j - q_j, 0.0)
+        lp_j, lq_j = (jnp.take_along_axis(a, jc[..., None], axis=1)[:, 0] for a in (logp, logq))
+        res = jnp.maximum(jnp.exp(lp_j) - jnp.exp(lq_j), 0.0)
         use_res = jnp.take_along_axis(read, jc, axis=1)[:, 0] & (res.sum(-1) > 0) & (rule != "resample_from_p")
         u_j = jnp.take_along_axis(u_residual, jnp.take_along_axis(gc, jc, axis=1), axis=1)[:, 0]
         new = _inverse_cdf(jnp.where(use_res[:, None], jnp.log(res), lp_j), u_j)
@@ -148,7 +148,8 @@ def jacobi_rows(params, tokens, token_mask, image, text_ids, rng, top_k, tempera
         if coupled:  # one uniform per hole for all its redraws
             u = jnp.take_along_axis(u_draft, gc, axis=1)
         else:
-            u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(jax.random.fold_in(k, _DRAFT), it), (w,)))(d.row_keys)
+            fresh_key = lambda k: jax.random.fold_in(jax.random.fold_in(k, _DRAFT), it)  # noqa: E731
+            u = jax.vmap(lambda k: jax.random.uniform(fresh_key(k), (w,)))(d.row_keys)
         redraft = _inverse_cdf(logp, u)
         x = jnp.where(after, redraft, x)
         x = jnp.where((slots == j[:, None]) & hole, new[:, None], x)
