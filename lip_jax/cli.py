@@ -163,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     background = _collect_background_errors()
     try:
         rc = _main(argv)
-    except KeyboardInterrupt:  # Ctrl-C while the libraries load, before the command's handlers
+    except KeyboardInterrupt:  # Ctrl-C outside training's own handling (libraries loading too): one line
         print("lip-jax: interrupted by SIGINT", file=sys.stderr)
-        return 130
+        rc = 130  # the shell's code for SIGINT
     if background:
         first = " ".join(str(background[0]).split())[:200]
         print(f"lip-jax: note: {len(background)} error(s) in background threads (first: "
@@ -213,9 +213,6 @@ def _main(argv: list[str] | None) -> int:
     except (UsageError, RangeError, ConversionError, CheckpointError, DataError, ConfigError) as e:
         print(f"lip-jax: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C outside training's own handling: one line, the shell's code
-        print("lip-jax: interrupted by SIGINT", file=sys.stderr)
-        return 130
     except Interrupted as e:
         print(f"lip-jax: {e}", file=sys.stderr)
         return INTERRUPTED_EXIT
