@@ -12,7 +12,7 @@ guidance/NNNN.txt (first line = text), optional mask_img/NNNN.png.
 
 import os
 
-from lip_jax.app.config import load_config
+from lip_jax.config import load_config
 
 
 def get_config(arg=None):

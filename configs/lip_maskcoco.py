@@ -19,7 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def build(preset: str, dataset: str) -> ml_collections.ConfigDict:
-    from lip_jax.app.config import load_config
+    from lip_jax.config import load_config
     from lip_jax.models import dfvqgan, mps2s  # lazily: config files stay importable alone
 
     c = ml_collections.ConfigDict()

@@ -6,7 +6,7 @@ orbax MP-S2S checkpoint, e.g. converted from the released `epoch66-chunk-0.pth`)
 
 import os
 
-from lip_jax.app.config import load_config
+from lip_jax.config import load_config
 
 
 def get_config(arg=None):

@@ -33,7 +33,7 @@ import os
 
 import ml_collections
 
-from lip_jax.app.config import load_config
+from lip_jax.config import load_config
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SIZE, TOKEN = 32, 4  # image side, VQ token side (pixels)

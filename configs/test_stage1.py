@@ -3,7 +3,7 @@ included) on the synthetic shapes, discriminator on from step 20, random-weight 
 
 import os
 
-from lip_jax.app.config import load_config
+from lip_jax.config import load_config
 
 
 def get_config(arg=None):

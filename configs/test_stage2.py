@@ -3,7 +3,7 @@ synthetic shapes, byte tokenizer. `vqgan_ckpt` must be set (tests write a random
 
 import os
 
-from lip_jax.app.config import load_config
+from lip_jax.config import load_config
 from lip_jax.models import dfvqgan
 
 

@@ -187,7 +187,7 @@ def _check_int_flags(parser, args) -> None:
 def _main(argv: list[str] | None) -> int:
     import importlib
 
-    from lip_jax.app.config import UsageError, split_overrides
+    from lip_jax.config import UsageError, split_overrides
     from lip_jax.ranges import RangeError
     from lip_jax.convert.common import ConversionError
     from lip_jax.data.errors import DataError

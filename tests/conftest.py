@@ -21,7 +21,7 @@ def vq_ckpt(tmp_path_factory):
     """A random `reduced` DF-VQGAN saved as orbax: the frozen model of the tiny stage-2 runs."""
     import flax.linen as nn
 
-    from lip_jax.app.config import load_config
+    from lip_jax.config import load_config
     from lip_jax.models import dfvqgan
     from lip_jax.train.checkpoints import save_params
 

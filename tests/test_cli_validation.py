@@ -26,7 +26,7 @@ from random_weights import random_params
 from lip_jax.app import checkpoints as AC
 from lip_jax.app import evaluate as E
 from lip_jax.app import pipeline as P
-from lip_jax.app.config import load_config
+from lip_jax.config import load_config
 from lip_jax.cli import main
 from lip_jax.convert import clip as CC
 from lip_jax.convert import dfvqgan as CV

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lip_jax.app import checkpoints as AC
-from lip_jax.app.config import load_config
+from lip_jax.config import load_config
 from lip_jax.cli import main
 from lip_jax.convert import clip as CC
 from lip_jax.convert import dfvqgan as CV

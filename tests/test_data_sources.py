@@ -115,7 +115,7 @@ def test_image_folder_with_captions_and_masks(tmp_path):
 
 def test_stage2_recipe_trains_on_a_folder(tmp_path):
     # The recipe's source_kwargs (root, split) are written for CC; `source=folder` keeps them.
-    from lip_jax.app.config import apply_overrides, load_config
+    from lip_jax.config import apply_overrides, load_config
     from lip_jax.train.trainer import HostLoader
 
     for i in range(3):
@@ -207,7 +207,7 @@ def test_stage2_training_on_a_folder_runs_from_the_cli(tmp_path, capsys):
     import flax.linen as nn
     import jax
 
-    from lip_jax.app.config import load_config
+    from lip_jax.config import load_config
     from lip_jax.cli import main
     from lip_jax.models import dfvqgan
     from lip_jax.train.checkpoints import save_params

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from lip_jax.app.config import load_config
+from lip_jax.config import load_config
 from lip_jax.cli import main
 from lip_jax.data import DataError
 from lip_jax.data.shapes import COLOURS, Shapes, caption, dominant, object_mask, scene

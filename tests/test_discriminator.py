@@ -13,7 +13,7 @@ import torch
 
 from lip_jax.convert import torch_dfvqgan as TD
 import torch_discriminator as T
-from lip_jax.app.config import load_config
+from lip_jax.config import load_config
 from lip_jax.cli import main
 from lip_jax.convert import common
 from lip_jax.convert import dfvqgan as conv_vq

@@ -31,7 +31,7 @@ from random_weights import random_params
 
 from lip_jax.app import pipeline as P
 from lip_jax.app.checkpoints import load_lip
-from lip_jax.app.config import load_config
+from lip_jax.config import load_config
 from lip_jax.cli import main
 from lip_jax.convert import dfvqgan as CV
 from lip_jax.convert import mps2s as CM
@@ -51,7 +51,7 @@ import numpy as np
 jax.config.update("jax_default_matmul_precision", "highest")
 from lip_jax.app import inference, pipeline
 from lip_jax.app.checkpoints import load_lip
-from lip_jax.app.config import load_config
+from lip_jax.config import load_config
 from lip_jax.cli import main
 root, config = sys.argv[2], sys.argv[3]
 spec = json.loads(sys.argv[4])

@@ -313,7 +313,7 @@ def test_cli_photo_comes_back_at_its_size_unchanged_outside_the_hole(files, phot
 def test_inpainter_equals_the_cli_and_no_composite_replaces_the_window(models, files, photo, capsys):
     vq, mps, _ = models
     image, small, _ = photo
-    from lip_jax.app.config import load_config
+    from lip_jax.config import load_config
 
     inpainter = I.Inpainter({"mps": mps, "vqgan": vq}, load_config(str(files / "cfg.py")))
     out = inpainter(str(files / "photo.png"), str(files / "photo_hole.png"), "a red car", num_samples=1, seed=3)

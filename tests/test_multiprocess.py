@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from lip_jax.app.config import load_config
+from lip_jax.config import load_config
 from lip_jax.models import dfvqgan
 from lip_jax.train.checkpoints import save_params
 

@@ -129,7 +129,7 @@ def test_eval_reads_and_writes_gs(gcs, cwd, capsys):
 
     from random_weights import random_params
 
-    from lip_jax.app.config import load_config
+    from lip_jax.config import load_config
     from lip_jax.convert import dfvqgan as CV
     from lip_jax.convert import mps2s as CM
 

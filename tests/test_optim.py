@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import torch_discriminator as T
-from lip_jax.app.config import load_config
+from lip_jax.config import load_config
 from lip_jax.train.faults import ConfigError
 from lip_jax.train import optim, stage2
 

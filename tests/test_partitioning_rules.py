@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(sys.argv[1], "tools"))
 import flax.linen as nn, jax, jax.numpy as jnp
 import plan
 from lip_jax.perf import hlo_cost
-from lip_jax.app.config import load_config
+from lip_jax.config import load_config
 from lip_jax.convert.dfvqgan import param_template
 from lip_jax import sharding
 from lip_jax.train import stage1, stage2

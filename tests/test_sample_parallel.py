@@ -56,7 +56,7 @@ def test_greedy_tokens_equal_the_sequential_decoders(window, draft):
 @pytest.mark.parametrize("spec", ["configs/test_stage2.py", "configs/shapes_demo.py:stage2",
                                   "configs/lip_maskcoco.py:tiny"])
 def test_greedy_on_every_test_config(spec):
-    from lip_jax.app.config import load_config
+    from lip_jax.config import load_config
 
     cfg = mps2s.MPSConfig.from_any(load_config(spec).mps.to_dict())
     h, w = cfg.grid

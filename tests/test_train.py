@@ -15,7 +15,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from lip_jax.app.config import load_config
+from lip_jax.config import load_config
 from lip_jax.models import dfvqgan
 from lip_jax.train import stage1, stage2
 from lip_jax.train.checkpoints import load_params
@@ -186,7 +186,7 @@ def test_sigterm_and_ctrl_c_save_exit_75_and_resume_without_duplicate_logs(tmp_p
 
 RESHARD = """
 import sys, jax
-from lip_jax.app.config import load_config
+from lip_jax.config import load_config
 from lip_jax.train.trainer import train
 c = load_config(sys.argv[1]); c.vqgan_ckpt = sys.argv[2]; c.train.total_steps = 20; c.train.save_every = 10
 c.mesh = dict(data=4, fsdp=1, tensor=1)

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from lip_jax.app.config import load_config
+from lip_jax.config import load_config
 from lip_jax.cli import main
 from lip_jax.train import faults
 from lip_jax.train.checkpoints import CheckpointError, load_params, save_params

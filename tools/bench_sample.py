@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lip_jax import sample  # noqa: E402
 from lip_jax.convert.mps2s import param_template  # noqa: E402
-from lip_jax.app.config import UsageError, apply_overrides, split_overrides  # noqa: E402
+from lip_jax.config import UsageError, apply_overrides, split_overrides  # noqa: E402
 from lip_jax.models import mps2s  # noqa: E402
 from lip_jax.perf.trace_summary import profile  # noqa: E402
 
@@ -203,7 +203,7 @@ def sequential_schedule(cfg, mask) -> tuple[int, float]:
 
 def demo_inputs(workdir, count):
     """The demo's trained stage 2 (`lip-jax demo`'s workdir) and its held-out scenes' tokens."""
-    from lip_jax.app.config import load_config
+    from lip_jax.config import load_config
     from lip_jax.app.demo import held_out
     from lip_jax.app.pipeline import Inpainter
     from lip_jax.data.images import to_unit

@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lip_jax.perf.hlo_cost import parse_hlo, peak_bytes  # noqa: E402
 from lip_jax.perf.trace_summary import profile  # noqa: E402
-from lip_jax.app.config import UsageError, apply_overrides, load_config, split_overrides  # noqa: E402
+from lip_jax.config import UsageError, apply_overrides, load_config, split_overrides  # noqa: E402
 from lip_jax.models import dfvqgan  # noqa: E402
 from lip_jax import sharding  # noqa: E402
 from lip_jax.train import stage1, stage2  # noqa: E402

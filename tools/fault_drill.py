@@ -301,7 +301,7 @@ class Drill:
             return
         import flax.linen as nn
         import jax
-        from lip_jax.app.config import load_config
+        from lip_jax.config import load_config
         from lip_jax.models import dfvqgan
         from lip_jax.train.checkpoints import save_params
 
@@ -320,7 +320,7 @@ class Drill:
     def setup_eval(self) -> None:
         if os.path.isdir(self.path("eval_ref")):
             return
-        from lip_jax.app.config import load_config
+        from lip_jax.config import load_config
         from lip_jax.convert import mps2s as CM
         from lip_jax.train.checkpoints import load_params, save_params
 

@@ -252,7 +252,7 @@ def plan_one(recipe, config, mesh_spec, devices, args) -> dict:
 def worker(args) -> None:
     import jax
 
-    from lip_jax.app.config import apply_overrides, load_config
+    from lip_jax.config import apply_overrides, load_config
 
     devices = jax.device_count()
     seen: dict[str, dict] = {}
@@ -365,7 +365,7 @@ def main(argv=None) -> int:
                    help="print one table from the outputs (final JSON lines) of earlier runs")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--skip-mesh", action="append", default=[], help=argparse.SUPPRESS)
-    from lip_jax.app.config import UsageError, split_overrides
+    from lip_jax.config import UsageError, split_overrides
 
     try:  # --config.KEY=VALUE: a config override (e.g. --config.mps.remat=none), as `lip-jax train`
         rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)

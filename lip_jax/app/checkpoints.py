@@ -21,7 +21,7 @@ import zlib
 import jax
 import numpy as np
 
-from lip_jax.app.config import UsageError
+from lip_jax.config import UsageError
 from lip_jax.paths import PathLike, path as as_path
 from lip_jax.train.checkpoints import CheckpointError, load_params, load_part, orbax_template, resolve
 

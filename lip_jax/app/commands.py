@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from lip_jax.app.config import UsageError, apply_overrides, load_config
+from lip_jax.config import UsageError, apply_overrides, load_config
 from lip_jax.app.outputs import check_file, distinct, save_image, save_npy
 from lip_jax.data.images import read_image, read_mask, to_uint8
 from lip_jax.paths import path

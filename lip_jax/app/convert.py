@@ -23,7 +23,7 @@ import re
 
 from lip_jax import ranges
 from lip_jax.app.checkpoints import clip_config_of, load_orbax, orbax_template, to_local
-from lip_jax.app.config import UsageError, load_config
+from lip_jax.config import UsageError, load_config
 from lip_jax.app.outputs import check_dir, check_file, distinct
 from lip_jax.paths import is_url, path as as_path
 

@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from lip_jax import ranges
-from lip_jax.app.config import UsageError, load_config
+from lip_jax.config import UsageError, load_config
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)

@@ -46,7 +46,7 @@ import numpy as np
 from lip_jax import ranges
 from lip_jax.app import inference, pipeline
 from lip_jax.app.checkpoints import fingerprint, load_clip_any, load_inception_any, load_lip, load_lpips_any
-from lip_jax.app.config import UsageError, apply_overrides, load_config
+from lip_jax.config import UsageError, apply_overrides, load_config
 from lip_jax.app.outputs import check_dir
 from lip_jax.paths import is_url, path as as_path
 from lip_jax.sample import decoder_id

@@ -16,7 +16,7 @@ import os
 
 from etils import epath
 
-from lip_jax.app.config import UsageError
+from lip_jax.config import UsageError
 from lip_jax.paths import PathLike, is_url, path as as_path, write_probe
 
 

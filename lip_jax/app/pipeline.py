@@ -33,7 +33,7 @@ import numpy as np
 
 from lip_jax import ranges
 from lip_jax.app import inference, photo
-from lip_jax.app.config import UsageError
+from lip_jax.config import UsageError
 from lip_jax.data.images import read_image, read_mask, to_uint8, to_unit
 from lip_jax.models import dfvqgan
 from lip_jax.models.mps2s import MPSConfig
@@ -181,7 +181,7 @@ class Inpainter:
         `config`: a ConfigDict or a config file spec with `mps` and `vqgan` sections; `clip`: a
         reranker (default: the checkpoint's clip_sim, if it has one)."""
         from lip_jax.app.checkpoints import load_clip_any, load_lip
-        from lip_jax.app.config import load_config
+        from lip_jax.config import load_config
 
         if isinstance(config, str):
             spec, config = config, load_config(config)
