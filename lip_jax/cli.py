@@ -189,9 +189,9 @@ def _main(argv: list[str] | None) -> int:
 
     from lip_jax.config import UsageError, split_overrides
     from lip_jax.ranges import RangeError
-    from lip_jax.convert.common import ConversionError
+    from lip_jax.weights.errors import ConversionError
     from lip_jax.data.errors import DataError
-    from lip_jax.train.checkpoints import CheckpointError
+    from lip_jax.weights.errors import CheckpointError
     from lip_jax.train.faults import (DIVERGED_EXIT, INTERRUPTED_EXIT, SAVE_FAILED_EXIT, ConfigError, Diverged,
                                       Interrupted, SaveFailed, StopSignals)
 

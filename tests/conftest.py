@@ -23,7 +23,7 @@ def vq_ckpt(tmp_path_factory):
 
     from lip_jax.config import load_config
     from lip_jax.models import dfvqgan
-    from lip_jax.train.checkpoints import save_params
+    from lip_jax.weights.store import save_params
 
     path = str(tmp_path_factory.mktemp("vq") / "dfvqgan")
     cfg = load_config(STAGE2).vqgan

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lip_jax.convert import torch_dfvqgan as T
+from lip_jax.weights import torch_dfvqgan as T
 from lip_jax.cli import main
 from lip_jax.models import dfvqgan as D
 

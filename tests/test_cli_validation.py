@@ -23,16 +23,16 @@ from PIL import Image
 
 from random_weights import random_params
 
-from lip_jax.app import checkpoints as AC
+from lip_jax.weights import load as AC
 from lip_jax.app import evaluate as E
 from lip_jax.app import pipeline as P
 from lip_jax.config import load_config
 from lip_jax.cli import main
-from lip_jax.convert import clip as CC
-from lip_jax.convert import dfvqgan as CV
-from lip_jax.convert import mps2s as CM
-from lip_jax.convert.common import save_torch_checkpoint
-from lip_jax.train.checkpoints import save_params
+from lip_jax.weights import clip as CC
+from lip_jax.weights import dfvqgan as CV
+from lip_jax.weights import mps2s as CM
+from lip_jax.weights.torch_io import save_torch_checkpoint
+from lip_jax.weights.store import save_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIP_CONFIG = os.path.join(REPO, "configs", "lip_maskcoco.py") + ":tiny"

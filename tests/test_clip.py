@@ -4,8 +4,8 @@ import numpy as np
 import torch
 from flax import linen as nn
 
-from lip_jax.convert import common
-from lip_jax.convert.mps2s import KEY_RULES
+from lip_jax.weights import torch_io
+from lip_jax.weights.mps2s import KEY_RULES
 from lip_jax.models.clip import ClipText
 from lip_jax.models.tokenizer import get_tokenizer
 from test_mps2s_parity import TextEncoder
@@ -21,7 +21,7 @@ def test_clip_text_pooled_and_states_match_torch():
     model = ClipText(vocab, ctx, width, layers, heads, proj_dim=proj)
     ids = jnp.asarray(get_tokenizer("bytes", ctx)(["a red car", "two cats on a mat"]))
     template = nn.meta.unbox(jax.eval_shape(lambda r: model.init(r, ids), jax.random.PRNGKey(0))["params"])
-    params = common.torch_to_flax(state, template, "CLIP text", (), KEY_RULES)
+    params = torch_io.torch_to_flax(state, template, "CLIP text", (), KEY_RULES)
     params = jax.tree_util.tree_map(jnp.asarray, params)
 
     t_ids = torch.tensor(np.asarray(ids), dtype=torch.long)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from flax import linen as nn
 
 import torch_clip as T
-from lip_jax.convert.clip import clip_from_openai
+from lip_jax.weights.clip import clip_from_openai
 from lip_jax.models import clip as C
 from lip_jax.models.tokenizer import get_tokenizer
 

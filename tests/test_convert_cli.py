@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from lip_jax.app import checkpoints as AC
+from lip_jax.weights import load as AC
 from lip_jax.config import load_config
 from lip_jax.cli import main
-from lip_jax.convert import clip as CC
-from lip_jax.convert import dfvqgan as CV
-from lip_jax.convert import inception as CI
-from lip_jax.convert import lpips as CL
-from lip_jax.convert import mps2s as CM
-from lip_jax.convert.common import save_torch_checkpoint
+from lip_jax.weights import clip as CC
+from lip_jax.weights import dfvqgan as CV
+from lip_jax.weights import inception as CI
+from lip_jax.weights import lpips as CL
+from lip_jax.weights import mps2s as CM
+from lip_jax.weights.torch_io import save_torch_checkpoint
 from lip_jax.models import clip as C
-from lip_jax.train.checkpoints import load_params
+from lip_jax.weights.store import load_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VQ_CONFIG = os.path.join(REPO, "configs", "dfvqgan_imagenet.py") + ":tiny"

@@ -10,8 +10,8 @@ import torch
 import transformers
 
 import torch_clip as T
-from lip_jax.convert import clip as CC
-from lip_jax.convert.common import load_torch_checkpoint, ConversionError
+from lip_jax.weights import clip as CC
+from lip_jax.weights.torch_io import load_torch_checkpoint, ConversionError
 from lip_jax.models import clip as C
 from lip_jax.models.tokenizer import get_tokenizer
 

@@ -210,7 +210,7 @@ def test_stage2_training_on_a_folder_runs_from_the_cli(tmp_path, capsys):
     from lip_jax.config import load_config
     from lip_jax.cli import main
     from lip_jax.models import dfvqgan
-    from lip_jax.train.checkpoints import save_params
+    from lip_jax.weights.store import save_params
 
     config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "test_stage2.py")
     vq = str(tmp_path / "vq")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from lip_jax.convert import torch_dfvqgan as T
-from lip_jax.convert.common import ConversionError
-from lip_jax.convert.dfvqgan import dfvqgan_from_torch, dfvqgan_to_torch
+from lip_jax.weights import torch_dfvqgan as T
+from lip_jax.weights.errors import ConversionError
+from lip_jax.weights.dfvqgan import dfvqgan_from_torch, dfvqgan_to_torch
 from lip_jax.models import dfvqgan as D
 from lip_jax.ops import defect_free as ops
 
@@ -199,8 +199,8 @@ def test_strict_conversion_errors_name_the_keys(damage):
 
 def test_official_preset_structure_matches_official_keys():
     """The 256 px preset builds the official key set (no weights are allocated)."""
-    from lip_jax.convert.common import expected_torch_shapes
-    from lip_jax.convert.dfvqgan import KEY_RULES, SHAPE_RULES, param_template
+    from lip_jax.weights.torch_io import expected_torch_shapes
+    from lip_jax.weights.dfvqgan import KEY_RULES, SHAPE_RULES, param_template
 
     cfg = D.PRESETS["imagenet8192"]
     with torch.device("meta"):

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from lip_jax.convert import torch_dfvqgan as TD
+from lip_jax.weights import torch_dfvqgan as TD
 import torch_discriminator as T
 from lip_jax.config import load_config
 from lip_jax.cli import main
-from lip_jax.convert import common
-from lip_jax.convert import dfvqgan as conv_vq
-from lip_jax.convert.discriminator import discriminator_from_torch, discriminator_to_torch
+from lip_jax.weights import torch_io
+from lip_jax.weights import dfvqgan as conv_vq
+from lip_jax.weights.discriminator import discriminator_from_torch, discriminator_to_torch
 from lip_jax.models import dfvqgan
 from lip_jax.models.discriminator import NLayerDiscriminator
 from lip_jax.train import stage1
@@ -120,17 +120,17 @@ def test_training_checkpoint_round_trip_is_bit_exact_and_strict(tmp_path, capsys
     assert "left out 2 perceptual_loss.* keys" in capsys.readouterr().out
     assert main(["convert", "--config", STAGE1, "--from", ckpt, "--to", back]) == 0  # kind detected
     sd = official_training_state()
-    got = common.load_torch_checkpoint(back)
+    got = torch_io.load_torch_checkpoint(back)
     assert sorted(got) == sorted(k for k in sd if not k.startswith("perceptual_loss."))
     for k, v in got.items():
         assert v.dtype == sd[k].dtype, k
         assert torch.equal(v, sd[k]), k
     td = T.NLayerDiscriminator(ndf=8, n_layers=3)
-    td.load_state_dict(common.subtree(got, "discriminator"), strict=True)
+    td.load_state_dict(torch_io.subtree(got, "discriminator"), strict=True)
     TD.DFVQGAN(dict(load_config(STAGE1).vqgan)).load_state_dict(
         {k: v for k, v in got.items() if not k.startswith("discriminator.")}, strict=True)
     # The same directory is a DF-VQGAN checkpoint for every reader of one (stage 2, reconstruct).
-    from lip_jax.train.checkpoints import load_part
+    from lip_jax.weights.store import load_part
 
     params = load_part(ckpt, "vqgan", conv_vq.param_template(load_config(STAGE1).vqgan))
     assert "discriminator" not in params and "quantize" in params
@@ -143,5 +143,5 @@ def test_discriminator_conversion_is_strict(damage):
         del sd["main.6.running_var"]
     else:
         sd["main.6.running_var"] = torch.ones(5)
-    with pytest.raises(common.ConversionError, match=r"main\.6\.running_var"):
+    with pytest.raises(torch_io.ConversionError, match=r"main\.6\.running_var"):
         discriminator_from_torch(sd)

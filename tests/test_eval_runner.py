@@ -18,11 +18,11 @@ from lip_jax.app import evaluate as E
 from lip_jax.app import pipeline as P
 from lip_jax.config import load_config
 from lip_jax.cli import main
-from lip_jax.convert import clip as CC
-from lip_jax.convert import dfvqgan as CV
-from lip_jax.convert import lpips as CL
-from lip_jax.convert import mps2s as CM
-from lip_jax.convert.common import save_torch_checkpoint
+from lip_jax.weights import clip as CC
+from lip_jax.weights import dfvqgan as CV
+from lip_jax.weights import lpips as CL
+from lip_jax.weights import mps2s as CM
+from lip_jax.weights.torch_io import save_torch_checkpoint
 from lip_jax.data import open_source
 from lip_jax.data.images import to_uint8, to_unit
 from lip_jax.eval import metrics as M
@@ -30,7 +30,7 @@ from lip_jax.eval import folder as F
 from lip_jax.eval.clip_score import clip_score
 from lip_jax.models import clip as C
 from lip_jax.models.lpips import LPIPS
-from lip_jax.train.checkpoints import save_params
+from lip_jax.weights.store import save_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "lip_maskcoco.py") + ":tiny"

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import torch_clip as T
-from lip_jax.app.checkpoints import load_clip_any
+from lip_jax.weights.load import load_clip_any
 from lip_jax.cli import main
-from lip_jax.convert.common import load_torch_checkpoint, ConversionError
+from lip_jax.weights.torch_io import load_torch_checkpoint, ConversionError
 from lip_jax.models import clip as C
 
 

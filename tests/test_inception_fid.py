@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 
 import torch_inception as T
-from lip_jax.convert import common
-from lip_jax.convert.common import ConversionError
-from lip_jax.convert.inception import (WRAPPER_BLOCKS, inception_from_torch, inception_to_torch,
+from lip_jax.weights import torch_io
+from lip_jax.weights.errors import ConversionError
+from lip_jax.weights.inception import (WRAPPER_BLOCKS, inception_from_torch, inception_to_torch,
                                        load_inception_variables, variables_template)
 from lip_jax.eval import metrics as M
 from lip_jax.models import inception as I
-from lip_jax.train.checkpoints import load_params, save_params
+from lip_jax.weights.store import load_params, save_params
 
 
 def rel_err(a, b) -> float:
@@ -125,7 +125,7 @@ def _same(a, b):
 def test_round_trip_torch_orbax_torch_bit_exact(tmp_path):
     _, state, variables = setup()
     path = str(tmp_path / "pt_inception.pth")
-    common.save_torch_checkpoint(inception_to_torch(variables["params"], variables["batch_stats"]), path,
+    torch_io.save_torch_checkpoint(inception_to_torch(variables["params"], variables["batch_stats"]), path,
                                  wrap_model=False)
     loaded = load_inception_variables(path)
     _same(loaded, variables)
@@ -189,7 +189,7 @@ def test_conversion_streams_under_twice_the_checkpoint(tmp_path):
     path = tmp_path / "inception.pth"
     torch.save(state, path)
     size = os.path.getsize(path)
-    mapped = common.load_torch_checkpoint(str(path))
+    mapped = torch_io.load_torch_checkpoint(str(path))
     tracemalloc.start()
     params, stats = inception_from_torch(mapped)
     _, peak = tracemalloc.get_traced_memory()

@@ -30,12 +30,12 @@ from eval_data import write_dataset
 from random_weights import random_params
 
 from lip_jax.app import pipeline as P
-from lip_jax.app.checkpoints import load_lip
+from lip_jax.weights.load import load_lip
 from lip_jax.config import load_config
 from lip_jax.cli import main
-from lip_jax.convert import dfvqgan as CV
-from lip_jax.convert import mps2s as CM
-from lip_jax.train.checkpoints import save_params
+from lip_jax.weights import dfvqgan as CV
+from lip_jax.weights import mps2s as CM
+from lip_jax.weights.store import save_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "lip_maskcoco.py") + ":tiny"
@@ -50,7 +50,7 @@ import jax
 import numpy as np
 jax.config.update("jax_default_matmul_precision", "highest")
 from lip_jax.app import inference, pipeline
-from lip_jax.app.checkpoints import load_lip
+from lip_jax.weights.load import load_lip
 from lip_jax.config import load_config
 from lip_jax.cli import main
 root, config = sys.argv[2], sys.argv[3]

@@ -15,16 +15,16 @@ from PIL import Image
 
 import torch_clip as T
 from random_weights import random_params
-from lip_jax.app import checkpoints as AC
+from lip_jax.weights import load as AC
 from lip_jax.app import pipeline as I
 from lip_jax.cli import main
 from lip_jax.data.images import to_uint8
-from lip_jax.convert import clip as CC
-from lip_jax.convert.common import save_torch_checkpoint
-from lip_jax.convert.mps2s import lip_to_torch
+from lip_jax.weights import clip as CC
+from lip_jax.weights.torch_io import save_torch_checkpoint
+from lip_jax.weights.mps2s import lip_to_torch
 from lip_jax.models import clip as C
 from lip_jax.models import dfvqgan as D
-from lip_jax.train.checkpoints import save_params
+from lip_jax.weights.store import save_params
 
 VQ = dict(D.PRESETS["reduced"])
 MPS = dict(img_size=32, vae_patch_size=8, vit_patch_size=16, vqvae_vocab_size=128, vae_emb_dim=16, dim=32,
@@ -47,8 +47,8 @@ def get_config(arg=None):
 
 @pytest.fixture(scope="module")
 def models():
-    from lip_jax.convert import dfvqgan as CV
-    from lip_jax.convert import mps2s as CM
+    from lip_jax.weights import dfvqgan as CV
+    from lip_jax.weights import mps2s as CM
 
     vq = random_params(CV.param_template(VQ), 1)
     mps = random_params(CM.param_template(MPS), 2)
@@ -192,7 +192,7 @@ def test_load_lip_checkpoint_orbax_and_official_pth(models, tmp_path):
     for a, b in zip(jax.tree_util.tree_leaves((got["mps"], got["vqgan"], got["clip"][0])),
                     jax.tree_util.tree_leaves((mps, vq, cparams))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    from lip_jax.train.checkpoints import CheckpointError
+    from lip_jax.weights.errors import CheckpointError
 
     wrong = str(tmp_path / "wrong")
     save_params(wrong, {"mps": mps, "vqgan": {"x": np.zeros(2)}})

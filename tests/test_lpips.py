@@ -12,12 +12,12 @@ import pytest
 import torch
 
 import torch_lpips as T
-from lip_jax.convert import common
-from lip_jax.convert.common import ConversionError
-from lip_jax.convert.lpips import (canonical_state, load_lpips_checkpoints, lpips_from_torch, lpips_to_torch,
+from lip_jax.weights import torch_io
+from lip_jax.weights.errors import ConversionError
+from lip_jax.weights.lpips import (canonical_state, load_lpips_checkpoints, lpips_from_torch, lpips_to_torch,
                                    param_template, split_torch_state)
 from lip_jax.models import lpips as L
-from lip_jax.train.checkpoints import load_params, save_params
+from lip_jax.weights.store import load_params, save_params
 
 
 def rel_err(a, b) -> float:
@@ -151,8 +151,8 @@ def test_accepted_spellings_give_the_same_params():
 def test_round_trip_torch_orbax_torch_bit_exact(tmp_path):
     _, state, params, _, _ = setup()
     vgg, heads = split_torch_state(lpips_to_torch(params))
-    common.save_torch_checkpoint(vgg, str(tmp_path / "vgg16.pth"), wrap_model=False)
-    common.save_torch_checkpoint(heads, str(tmp_path / "vgg.pth"), wrap_model=False)
+    torch_io.save_torch_checkpoint(vgg, str(tmp_path / "vgg16.pth"), wrap_model=False)
+    torch_io.save_torch_checkpoint(heads, str(tmp_path / "vgg.pth"), wrap_model=False)
     loaded = lpips_from_torch(load_lpips_checkpoints(str(tmp_path / "vgg16.pth"), str(tmp_path / "vgg.pth")))
     save_params(str(tmp_path / "orbax"), loaded)
     restored = load_params(str(tmp_path / "orbax"), param_template())
@@ -200,7 +200,7 @@ def test_conversion_streams_under_twice_the_checkpoint(tmp_path):
     path = tmp_path / "lpips_full.pth"
     torch.save(state, path)
     size = os.path.getsize(path)
-    mapped = common.load_torch_checkpoint(str(path))
+    mapped = torch_io.load_torch_checkpoint(str(path))
     tracemalloc.start()
     params = lpips_from_torch(mapped)
     _, peak = tracemalloc.get_traced_memory()

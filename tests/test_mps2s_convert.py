@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from lip_jax.convert import common
-from lip_jax.convert import mps2s as conv
+from lip_jax.weights import torch_io
+from lip_jax.weights import mps2s as conv
 from lip_jax.models import mps2s
 from test_mps2s_parity import RefNet
 
@@ -46,26 +46,26 @@ def test_axial_naming_both_accepted(official_state):
 def test_strict_errors(official_state):
     missing = dict(official_state)
     del missing["transformer_dec.layers.1.attention.k_linear.weight"]
-    with pytest.raises(common.ConversionError, match="missing 1 keys.*k_linear"):
+    with pytest.raises(torch_io.ConversionError, match="missing 1 keys.*k_linear"):
         conv.mps2s_from_torch(missing, CFG)
     extra = dict(official_state, **{"transformer_enc.layers.9.ff_norm.weight": np.zeros(CFG.dim, np.float32)})
-    with pytest.raises(common.ConversionError, match="unexpected 1 keys"):
+    with pytest.raises(torch_io.ConversionError, match="unexpected 1 keys"):
         conv.mps2s_from_torch(extra, CFG)
     bad = dict(official_state)
     bad["image_msk_emb"] = np.zeros((2, CFG.dim), np.float32)
-    with pytest.raises(common.ConversionError, match="mis-shaped.*image_msk_emb"):
+    with pytest.raises(torch_io.ConversionError, match="mis-shaped.*image_msk_emb"):
         conv.mps2s_from_torch(bad, CFG)
     mixed = dict(official_state)
     mixed["image_pos_emb_vae.weights.0"] = mixed.pop("image_pos_emb_vae.weights_0")
-    with pytest.raises(common.ConversionError):
+    with pytest.raises(torch_io.ConversionError):
         conv.mps2s_from_torch(mixed, CFG)
     params = conv.mps2s_from_torch(official_state, CFG)
-    with pytest.raises(common.ConversionError):  # params of another config
+    with pytest.raises(torch_io.ConversionError):  # params of another config
         conv.mps2s_to_torch(params, mps2s.MPSConfig.from_any("mid"))
 
 
 def test_full_release_checkpoint(official_state, tmp_path):
-    from lip_jax.convert import dfvqgan as vconv
+    from lip_jax.weights import dfvqgan as vconv
     from lip_jax.models import dfvqgan
 
     vq_cfg = dfvqgan.PRESETS["tiny"]
@@ -73,21 +73,21 @@ def test_full_release_checkpoint(official_state, tmp_path):
     full = dict(official_state)
     full.update({f"vae.model.{k}": v for k, v in vq_state.items()})
     full["clip_sim.model.logit_scale"] = np.array(4.6, np.float32)
-    common.save_torch_checkpoint(full, str(tmp_path / "lip.pth"))
-    loaded = common.load_torch_checkpoint(str(tmp_path / "lip.pth"))
+    torch_io.save_torch_checkpoint(full, str(tmp_path / "lip.pth"))
+    loaded = torch_io.load_torch_checkpoint(str(tmp_path / "lip.pth"))
     tree = conv.lip_from_torch(loaded, CFG, vq_cfg)
     assert set(tree) == {"mps", "vqgan", "clip_sim"}
     back = conv.lip_to_torch(tree, CFG, vq_cfg)
     assert set(back) == set(full)
     assert all(np.array_equal(back[k], full[k]) for k in full)
     stray = dict(full, **{"vae.quantize.embedding.weight": np.zeros((2, 2), np.float32)})
-    with pytest.raises(common.ConversionError, match="unexpected"):
+    with pytest.raises(torch_io.ConversionError, match="unexpected"):
         conv.lip_from_torch(stray, CFG, vq_cfg)
 
 
 def _random_vq(vq_cfg):
     import jax
-    from lip_jax.convert import dfvqgan as vconv
+    from lip_jax.weights import dfvqgan as vconv
 
     tmpl = vconv.param_template(vq_cfg)
     rng = np.random.default_rng(0)

@@ -234,7 +234,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from lip_jax.convert import mps2s as conv  # noqa: E402
+from lip_jax.weights import mps2s as conv  # noqa: E402
 from lip_jax.models import mps2s  # noqa: E402
 
 

@@ -18,7 +18,7 @@ FAST = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": Fals
 
 def _params(cfg, seed=0):
     """Random weights from the parameter template (no compiled Flax init)."""
-    from lip_jax.convert.mps2s import param_template
+    from lip_jax.weights.mps2s import param_template
 
     return jax.tree_util.tree_map(jnp.asarray, random_params(param_template(cfg), seed))
 
@@ -56,7 +56,7 @@ def test_remat_gives_the_same_loss_and_gradients(reference):
     params, inputs, (loss, _, grads) = reference
     cfg = dataclasses.replace(CFG, remat="full")
     # Same parameter tree (names unchanged: the converter and checkpoints keep working).
-    from lip_jax.convert.mps2s import param_template
+    from lip_jax.weights.mps2s import param_template
     assert jax.tree_util.tree_structure(param_template(cfg)) == jax.tree_util.tree_structure(params)
     loss_r, _, grads_r = _loss_and_grad(cfg, params, inputs)
     np.testing.assert_allclose(loss_r, loss, rtol=1e-6)

@@ -15,7 +15,7 @@ import numpy as np
 
 from lip_jax.config import load_config
 from lip_jax.models import dfvqgan
-from lip_jax.train.checkpoints import save_params
+from lip_jax.weights.store import save_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGE2 = os.path.join(REPO, "configs", "test_stage2.py")

@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from lip_jax.cli import main
-from lip_jax.train.checkpoints import load_params, save_params
+from lip_jax.weights.store import load_params, save_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGE1 = os.path.join(REPO, "configs", "test_stage1.py")
@@ -130,8 +130,8 @@ def test_eval_reads_and_writes_gs(gcs, cwd, capsys):
     from random_weights import random_params
 
     from lip_jax.config import load_config
-    from lip_jax.convert import dfvqgan as CV
-    from lip_jax.convert import mps2s as CM
+    from lip_jax.weights import dfvqgan as CV
+    from lip_jax.weights import mps2s as CM
 
     config = os.path.join(REPO, "configs", "lip_maskcoco.py") + ":tiny"
     cfg = load_config(config)

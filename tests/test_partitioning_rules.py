@@ -28,7 +28,7 @@ import flax.linen as nn, jax, jax.numpy as jnp
 import plan
 from lip_jax.perf import hlo_cost
 from lip_jax.config import load_config
-from lip_jax.convert.dfvqgan import param_template
+from lip_jax.weights.dfvqgan import param_template
 from lip_jax import sharding
 from lip_jax.train import stage1, stage2
 

@@ -25,7 +25,7 @@ def _masks():
 def _random_params(cfg, seed=0):
     """O(1)-scale random weights from the parameter template (faster than compiling Flax init).
     LayerScale is 1 rather than its 0.1 init so each sampled token depends on the cache contents."""
-    from lip_jax.convert.mps2s import param_template
+    from lip_jax.weights.mps2s import param_template
 
     rng = np.random.default_rng(seed)
 

@@ -18,7 +18,7 @@ import pytest
 from lip_jax.config import load_config
 from lip_jax.models import dfvqgan
 from lip_jax.train import stage1, stage2
-from lip_jax.train.checkpoints import load_params
+from lip_jax.weights.store import load_params
 from lip_jax.train.trainer import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -214,7 +214,7 @@ def test_stage1_starts_from_an_official_training_checkpoint(tmp_path):
     with train.init_ckpt: the autoencoder and the discriminator (weights and BatchNorm statistics)
     continue from the checkpoint."""
     from lip_jax.cli import main
-    from lip_jax.convert.discriminator import discriminator_from_torch
+    from lip_jax.weights.discriminator import discriminator_from_torch
     from test_discriminator import official_training_state, write_official_checkpoint
 
     pth, ckpt = str(tmp_path / "net.pth"), str(tmp_path / "orbax")

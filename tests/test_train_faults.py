@@ -17,7 +17,7 @@ import pytest
 from lip_jax.config import load_config
 from lip_jax.cli import main
 from lip_jax.train import faults
-from lip_jax.train.checkpoints import CheckpointError, load_params, save_params
+from lip_jax.weights.store import CheckpointError, load_params, save_params
 from lip_jax.train.trainer import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,7 +97,7 @@ def test_a_flipped_byte_is_refused_by_every_parameter_loader(tmp_path):
     _flip_a_byte(path)
     with pytest.raises(CheckpointError, match="params"):
         load_params(path)
-    from lip_jax.app.checkpoints import load_orbax
+    from lip_jax.weights.load import load_orbax
 
     with pytest.raises(CheckpointError, match="params"):
         load_orbax(path)
@@ -129,7 +129,7 @@ def test_a_second_trainer_on_a_workdir_is_refused_and_a_stale_lock_recovered(tmp
 
 
 def test_checksum_is_the_same_on_host_and_device_and_sees_every_bit():
-    from lip_jax.train import checkpoints as C
+    from lip_jax.weights import store as C
 
     rng = np.random.default_rng(0)
     leaves = [rng.standard_normal((3, (1 << 20) + 3)).astype(np.float32), rng.standard_normal(77).astype(jax.numpy.bfloat16),

@@ -23,8 +23,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lip_jax.convert.mps2s import param_template
-from lip_jax.train import checkpoints as C
+from lip_jax.weights.mps2s import param_template
+from lip_jax.weights import store as C
 
 
 def timed(fn):

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from lip_jax.convert import torch_dfvqgan as T
-from lip_jax.convert.dfvqgan import dfvqgan_from_torch
+from lip_jax.weights import torch_dfvqgan as T
+from lip_jax.weights.dfvqgan import dfvqgan_from_torch
 from lip_jax.models import dfvqgan as D
 
 

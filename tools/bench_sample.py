@@ -38,7 +38,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lip_jax import sample  # noqa: E402
-from lip_jax.convert.mps2s import param_template  # noqa: E402
+from lip_jax.weights.mps2s import param_template  # noqa: E402
 from lip_jax.config import UsageError, apply_overrides, split_overrides  # noqa: E402
 from lip_jax.models import mps2s  # noqa: E402
 from lip_jax.perf.trace_summary import profile  # noqa: E402

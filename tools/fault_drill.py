@@ -173,7 +173,7 @@ def same_params(a: str, b: str) -> Tuple[bool, str]:
     """Bit-exact comparison of two orbax parameter trees (each verified against its checksums)."""
     import jax
     import numpy as np
-    from lip_jax.train.checkpoints import load_params
+    from lip_jax.weights.store import load_params
 
     try:
         fa = dict((jax.tree_util.keystr(k), np.asarray(v)) for k, v in jax.tree_util.tree_flatten_with_path(load_params(a))[0])
@@ -303,7 +303,7 @@ class Drill:
         import jax
         from lip_jax.config import load_config
         from lip_jax.models import dfvqgan
-        from lip_jax.train.checkpoints import save_params
+        from lip_jax.weights.store import save_params
 
         cfg = load_config(STAGE2)
         save_params(self.vq, nn.unbox(dfvqgan.init_params(dfvqgan.from_config(cfg.vqgan), jax.random.key(7))))
@@ -321,8 +321,8 @@ class Drill:
         if os.path.isdir(self.path("eval_ref")):
             return
         from lip_jax.config import load_config
-        from lip_jax.convert import mps2s as CM
-        from lip_jax.train.checkpoints import load_params, save_params
+        from lip_jax.weights import mps2s as CM
+        from lip_jax.weights.store import load_params, save_params
 
         self.setup_train()  # its DF-VQGAN: the tiny eval config uses the same `reduced` preset
         cfg = load_config(EVAL_CONFIG)

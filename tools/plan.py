@@ -118,7 +118,7 @@ def _stage2(config, mesh, per_device):
     import jax
     import jax.numpy as jnp
 
-    from lip_jax.convert.dfvqgan import param_template
+    from lip_jax.weights.dfvqgan import param_template
     from lip_jax import sharding
     from lip_jax.train import stage2
     from lip_jax.train.trainer import abstract_state

@@ -91,7 +91,7 @@ def inpaint(args) -> None:
 
 
 def reconstruct(args) -> None:
-    from lip_jax.app.checkpoints import load_vqgan
+    from lip_jax.weights.load import load_vqgan
     from lip_jax.app.pipeline import reconstruct as run_reconstruct
 
     cfg = config_of(args).vqgan

@@ -22,7 +22,7 @@ import os
 import re
 
 from lip_jax import ranges
-from lip_jax.app.checkpoints import clip_config_of, load_orbax, orbax_template, to_local
+from lip_jax.weights.load import clip_config_of, load_orbax, load_vqgan_with_discriminator, orbax_template, to_local
 from lip_jax.config import UsageError, load_config
 from lip_jax.app.outputs import check_dir, check_file, distinct
 from lip_jax.paths import is_url, path as as_path
@@ -70,7 +70,7 @@ def _is_hf_dir(path: str) -> bool:
 # --- the command ----------------------------------------------------------------------------------
 
 def run(args) -> None:
-    from lip_jax.convert.common import ConversionError
+    from lip_jax.weights.errors import ConversionError
 
     src, dst = args.src, args.dst
     if not as_path(src).exists():
@@ -97,7 +97,7 @@ def _check_destination(src: str, dst: str, to_orbax: bool, args) -> None:
     """--to (and, orbax -> .pth, the --heads file written beside it) can be written: an existing output
     only with --overwrite (an orbax directory is replaced only by an orbax directory), a folder we
     may write in, never --from itself. Fails in a moment instead of inside the writer."""
-    from lip_jax.train.checkpoints import CheckpointError
+    from lip_jax.weights.errors import CheckpointError
 
     overwrite = getattr(args, "overwrite", False)
     heads_out = args.heads if (args.heads and not to_orbax) else None
@@ -128,12 +128,12 @@ def _is_orbax_dir(path: str) -> bool:
 
 def _detect(src: str, to_orbax: bool, config_spec: str | None) -> str:
     """The kind from the keys; failing that, from the config's sections (mps: lip, vqgan: dfvqgan)."""
-    from lip_jax.convert import common
+    from lip_jax.weights import torch_io
 
     if _is_hf_dir(src):
         return "clip"
     if to_orbax:
-        keys = list(common.load_torch_checkpoint(src))
+        keys = list(torch_io.load_torch_checkpoint(src))
         kind = kind_of_torch_keys(keys)
     else:
         keys = list(orbax_template(src))
@@ -169,74 +169,75 @@ def _model_config(args, kind: str):
 
 
 def _torch_to_orbax(kind: str, src: str, dst: str, args) -> None:
-    from lip_jax.convert import common
-    from lip_jax.train.checkpoints import CheckpointError, save_params
+    from lip_jax.weights import torch_io
+    from lip_jax.weights.errors import CheckpointError
+    from lip_jax.weights.store import save_params
 
     overwrite = getattr(args, "overwrite", False)
     if as_path(dst).exists() and not overwrite:  # checked in run(); kept for direct callers
         raise CheckpointError(f"{dst}: already exists, refusing to overwrite")
     if kind == "dfvqgan":
-        from lip_jax.convert.dfvqgan import training_from_torch
+        from lip_jax.weights.dfvqgan import training_from_torch
 
         cfg = _model_config(args, kind).vqgan
-        tree, n_lpips = training_from_torch(common.load_torch_checkpoint(src), cfg, what=src)
+        tree, n_lpips = training_from_torch(torch_io.load_torch_checkpoint(src), cfg, what=src)
         if n_lpips:
             print(f"left out {n_lpips} perceptual_loss.* keys (the frozen LPIPS: --kind lpips)")
     elif kind == "lip":
-        from lip_jax.convert.clip import clip_from_openai, infer_config
-        from lip_jax.convert.mps2s import lip_from_torch
+        from lip_jax.weights.clip import clip_from_openai, infer_config
+        from lip_jax.weights.mps2s import lip_from_torch
         from lip_jax.models.clip import ClipConfig
 
         config = _model_config(args, kind)
-        full = lip_from_torch(common.load_torch_checkpoint(src), config.mps, config.vqgan)
+        full = lip_from_torch(torch_io.load_torch_checkpoint(src), config.mps, config.vqgan)
         tree = {"mps": full["mps"], "vqgan": full["vqgan"]}
-        clip_sim = common.subtree(full["clip_sim"], "model")
+        clip_sim = torch_io.subtree(full["clip_sim"], "model")
         if set(full["clip_sim"]) - {f"model.{k}" for k in clip_sim}:
             extra = sorted(k for k in full["clip_sim"] if not k.startswith("model."))
-            shown = common._abbrev(["clip_sim." + k for k in extra])
-            raise common.ConversionError(f"unexpected clip_sim keys: {shown}")
+            shown = torch_io._abbrev(["clip_sim." + k for k in extra])
+            raise torch_io.ConversionError(f"unexpected clip_sim keys: {shown}")
         if clip_sim:
             cfg = ClipConfig.from_any(args.clip_config) if args.clip_config else infer_config(clip_sim)
             tree["clip"] = clip_from_openai(clip_sim, cfg, what=f"{src} clip_sim")
         if args.only:
             tree = tree[args.only]
     elif kind == "clip":
-        from lip_jax.convert.clip import load_clip
+        from lip_jax.weights.clip import load_clip
 
         try:
             tree, _ = load_clip(src, args.clip_config)
-        except common.ConversionError:
+        except torch_io.ConversionError:
             raise
         except ValueError as e:  # unknown preset, zero heads inferred for a tiny width
-            raise common.ConversionError(f"{src}: {e}") from e
+            raise torch_io.ConversionError(f"{src}: {e}") from e
     elif kind == "lpips":
-        from lip_jax.convert.lpips import load_lpips_checkpoints, lpips_from_torch
+        from lip_jax.weights.lpips import load_lpips_checkpoints, lpips_from_torch
 
         label = src + (f" + {args.heads}" if args.heads else "")
         tree = lpips_from_torch(load_lpips_checkpoints(src, args.heads), what=label)
     else:
-        from lip_jax.convert.inception import inception_from_torch
+        from lip_jax.weights.inception import inception_from_torch
 
-        params, stats = inception_from_torch(common.load_torch_checkpoint(src), what=src)
+        params, stats = inception_from_torch(torch_io.load_torch_checkpoint(src), what=src)
         tree = {"params": params, "batch_stats": stats}
     save_params(dst, tree, overwrite=overwrite)
 
 
 def _orbax_to_torch(kind: str, src: str, dst: str, args) -> None:
-    from lip_jax.convert import common
+    from lip_jax.weights import torch_io
 
     wrap = kind in ("dfvqgan", "lip")  # the official releases are {"model": state_dict}
     if kind == "dfvqgan":
-        from lip_jax.convert import dfvqgan as conv_vq
+        from lip_jax.weights import dfvqgan as conv_vq
 
         cfg = _model_config(args, kind).vqgan
         # checked leaf by leaf against the config on load; the discriminator, if stored, comes along
-        state = conv_vq.training_to_torch(*to_local(conv_vq.load_with_discriminator(src, cfg)), what=src)
+        state = conv_vq.training_to_torch(*to_local(load_vqgan_with_discriminator(src, cfg)), what=src)
     elif kind == "lip":
-        from lip_jax.convert import dfvqgan as conv_vq
-        from lip_jax.convert import mps2s as conv_mps
-        from lip_jax.convert.clip import clip_to_openai
-        from lip_jax.train.checkpoints import CheckpointError
+        from lip_jax.weights import dfvqgan as conv_vq
+        from lip_jax.weights import mps2s as conv_mps
+        from lip_jax.weights.clip import clip_to_openai
+        from lip_jax.weights.errors import CheckpointError
 
         config = _model_config(args, kind)
         stored = orbax_template(src)
@@ -252,17 +253,17 @@ def _orbax_to_torch(kind: str, src: str, dst: str, args) -> None:
             tree["clip_sim"] = {f"model.{k}": v for k, v in sim.items()}
         state = conv_mps.lip_to_torch(tree, None, None, args.axial_naming)  # checked by load_orbax
     elif kind == "clip":
-        from lip_jax.convert.clip import clip_to_openai
+        from lip_jax.weights.clip import clip_to_openai
 
         params = load_orbax(src)
         try:
             state = clip_to_openai(params, clip_config_of(params, args.clip_config), what=src)
-        except common.ConversionError:
+        except torch_io.ConversionError:
             raise
         except ValueError as e:
-            raise common.ConversionError(f"{src}: {e}") from e
+            raise torch_io.ConversionError(f"{src}: {e}") from e
     elif kind == "lpips":
-        from lip_jax.convert.lpips import lpips_to_torch, param_template, split_torch_state
+        from lip_jax.weights.lpips import lpips_to_torch, param_template, split_torch_state
 
         state = lpips_to_torch(load_orbax(src, param_template()), what=src)
         if args.heads:
@@ -270,11 +271,11 @@ def _orbax_to_torch(kind: str, src: str, dst: str, args) -> None:
             _save_torch(heads, args.heads, wrap=False)
             state = vgg
     else:
-        from lip_jax.convert.inception import inception_to_torch
+        from lip_jax.weights.inception import inception_to_torch
 
         tree = load_orbax(src)
         if set(tree) != {"params", "batch_stats"}:
-            raise common.ConversionError(f"expected an orbax tree {{params, batch_stats}}, got {sorted(tree)}")
+            raise torch_io.ConversionError(f"expected an orbax tree {{params, batch_stats}}, got {sorted(tree)}")
         state = inception_to_torch(tree["params"], tree["batch_stats"], what=src)
     _save_torch(state, dst, wrap=wrap)
 
@@ -282,7 +283,7 @@ def _orbax_to_torch(kind: str, src: str, dst: str, args) -> None:
 def _save_torch(state, path: str, wrap: bool) -> None:
     """Write through a temporary file, so an interrupted conversion leaves no half file (an object
     store's upload is whole or absent by itself)."""
-    from lip_jax.convert.common import save_torch_checkpoint
+    from lip_jax.weights.torch_io import save_torch_checkpoint
 
     out = as_path(path)
     if is_url(out):

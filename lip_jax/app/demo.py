@@ -268,7 +268,7 @@ def demo_config(config: str, quality: bool = False):
 def run(args) -> None:
     from PIL import Image
 
-    from lip_jax.app.checkpoints import load_lip
+    from lip_jax.weights.load import load_lip
     from lip_jax.app.pipeline import Inpainter
     from lip_jax.train.trainer import train
 

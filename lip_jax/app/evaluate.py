@@ -26,7 +26,7 @@ process reads every example of a batch and runs the same sharded programs over a
 its contiguous share of the batch's images; after a barrier every process computes metrics on its
 share (LPIPS and Inception sharded over all devices) and process 0 writes metrics.json.
 
-`--ckpt`: anything lip_jax.app.checkpoints.load_lip reads (a stage-2 training workdir or its
+`--ckpt`: anything lip_jax.weights.load.load_lip reads (a stage-2 training workdir or its
 params/, an orbax {mps, vqgan[, clip]} from `lip-jax convert`, the official .pth).
 """
 
@@ -45,7 +45,7 @@ import numpy as np
 
 from lip_jax import ranges
 from lip_jax.app import inference, pipeline
-from lip_jax.app.checkpoints import fingerprint, load_clip_any, load_inception_any, load_lip, load_lpips_any
+from lip_jax.weights.load import fingerprint, load_clip_any, load_inception_any, load_lip, load_lpips_any
 from lip_jax.config import UsageError, apply_overrides, load_config
 from lip_jax.app.outputs import check_dir
 from lip_jax.paths import is_url, path as as_path

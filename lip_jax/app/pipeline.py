@@ -180,7 +180,7 @@ class Inpainter:
         """`ckpt`: a stage-2 workdir (or its params/), an orbax {mps, vqgan} or the official .pth;
         `config`: a ConfigDict or a config file spec with `mps` and `vqgan` sections; `clip`: a
         reranker (default: the checkpoint's clip_sim, if it has one)."""
-        from lip_jax.app.checkpoints import load_clip_any, load_lip
+        from lip_jax.weights.load import load_clip_any, load_lip
         from lip_jax.config import load_config
 
         if isinstance(config, str):

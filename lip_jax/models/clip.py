@@ -306,3 +306,13 @@ def preprocess(images, size: int = 224, resize: str = "bicubic"):
     else:
         raise ValueError(f"resize must be 'bicubic' or 'nearest', got {resize!r}")
     return (x - jnp.asarray(IMAGE_MEAN)) / jnp.asarray(IMAGE_STD)
+
+
+def param_template(cfg) -> dict:
+    """Parameter shapes of CLIP(cfg) (no allocation)."""
+    cfg = ClipConfig.from_any(cfg)
+    r = cfg.image_resolution
+    pixels = jax.ShapeDtypeStruct((1, r, r, 3), np.float32)
+    ids = jax.ShapeDtypeStruct((1, cfg.context_length), np.int32)
+    init = jax.eval_shape(lambda k, p, i: CLIP(cfg).init(k, p, i), jax.random.PRNGKey(0), pixels, ids)
+    return nn.meta.unbox(init["params"])

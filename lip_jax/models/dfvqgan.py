@@ -1,7 +1,7 @@
 """DF-VQGAN: VQGAN with a defect-free encoder and symmetrical skip connections (NHWC).
 
 Module and field names follow the official `config/dfvqgan.py`, so a PyTorch key is the Flax path
-with `name_N` written `name.N` (see lip_jax.convert.dfvqgan).
+with `name_N` written `name.N` (see lip_jax.weights.dfvqgan).
 """
 
 from __future__ import annotations
@@ -340,3 +340,9 @@ def init_params(model: DFVQGAN, rng: jax.Array, batch: int = 1) -> dict:
     x = jnp.zeros((batch, model.resolution, model.resolution, model.in_channels), jnp.float32)
     mask = jnp.zeros(x.shape[:3], bool)
     return jax.jit(model.init)(rng, x, mask)["params"]
+
+
+def param_template(cfg) -> dict:
+    """Parameter shapes of the model built from `cfg` (no allocation)."""
+    model = from_config(cfg)
+    return nn.unbox(jax.eval_shape(lambda: init_params(model, jax.random.key(0))))

@@ -83,3 +83,11 @@ class NLayerDiscriminator(nn.Module):
             h = nn.leaky_relu(h, 0.2)
             idx += 3
         return _conv(1, 1, True, f"main_{idx}")(h)
+
+
+def variables_template(ndf: int, n_layers: int) -> dict:
+    """{"params", "batch_stats"} shapes of NLayerDiscriminator(ndf, n_layers) (no allocation)."""
+    resolution = 4 * 2 ** n_layers  # the smallest input every layer fits (shapes do not depend on it)
+    disc = NLayerDiscriminator(ndf=ndf, n_layers=n_layers)
+    shapes = jax.eval_shape(lambda: disc.init(jax.random.key(0), jnp.zeros((1, resolution, resolution, 3)), train=True))
+    return {"params": nn.unbox(shapes["params"]), "batch_stats": nn.unbox(shapes["batch_stats"])}

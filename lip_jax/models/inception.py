@@ -14,7 +14,7 @@ Input: NHWC in [-1, 1] (pytorch-fid takes [0, 1] and maps it to [-1, 1] itself).
 `num_classes` > 0 also the logits of the `fc` layer (1008 TF classes in pytorch-fid's weights).
 
 Parameter names are torchvision's keys with `branchX_N` modules written as Flax names; see
-`lip_jax.convert.inception` for the mapping.
+`lip_jax.weights.inception` for the mapping.
 """
 
 from __future__ import annotations

@@ -115,3 +115,8 @@ def init_params(model: LPIPS, rng: jax.Array, size: int = 32) -> dict:
     """Random parameters (boxed with logical axes); the network is fully convolutional."""
     x = jnp.zeros((1, size, size, 3), jnp.float32)
     return jax.jit(model.init)(rng, x, x)["params"]
+
+
+def param_template() -> dict:
+    """Unboxed parameter shapes of `LPIPS()` (no allocation)."""
+    return nn.unbox(jax.eval_shape(lambda: init_params(LPIPS(), jax.random.key(0))))

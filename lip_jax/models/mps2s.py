@@ -10,7 +10,7 @@ of the token grid, BOS always visible) and cross-attention over cat(token view, 
 Logits at sequence position i predict grid token i; the loss is cross-entropy on holes only.
 
 Module names follow the official state dict (`transformer_dec.layers.N.attention.q_linear`, ...)
-so lip_jax.convert.mps2s is a short table. Masks: True = hole (defective).
+so lip_jax.weights.mps2s is a short table. Masks: True = hole (defective).
 
 Logical axis names used by the parameters (for a MaxText-style sharding rule table):
   vocab      codebook / text-vocabulary rows, logits output
@@ -241,3 +241,9 @@ def init_boxed(cfg, rng, batch: int = 1):
              jnp.zeros((batch, cfg.img_size, cfg.img_size, 3), jnp.float32),
              jnp.zeros((batch, cfg.text_len), jnp.int32))
     return MPS2S(cfg).init(rng, *dummy)["params"]
+
+
+def param_template(cfg) -> dict:
+    """Parameter shapes of MPS2S(cfg) (no allocation)."""
+    cfg = MPSConfig.from_any(cfg)
+    return jax.eval_shape(lambda r: init_params(cfg, r), jax.random.PRNGKey(0))

@@ -89,17 +89,17 @@ def init_boxed_state(cfg, rng: jax.Array) -> State:
 
 def load_init(cfg) -> dict | None:
     """`train.init_ckpt` -> the state fields to start from: an orbax DF-VQGAN checkpoint (`lip-jax
-    convert --kind dfvqgan` of an official model or stage-1 training checkpoint, or `export_tree`),
+    convert --kind dfvqgan` of an official model or stage-1 training checkpoint),
     with its discriminator (weights and running statistics) when it holds one. Optimizer moments
     start at zero (the official Adam states are not converted)."""
     path = cfg.train.get("init_ckpt")
     if not path:
         return None
-    from lip_jax.convert import dfvqgan as conv_vq
-    from lip_jax.convert.discriminator import size_of_tree
-    from lip_jax.train.checkpoints import CheckpointError
+    from lip_jax.weights.load import load_vqgan_with_discriminator
+    from lip_jax.weights.discriminator import size_of_tree
+    from lip_jax.weights.errors import CheckpointError
 
-    params, disc = conv_vq.load_with_discriminator(path, cfg.vqgan)
+    params, disc = load_vqgan_with_discriminator(path, cfg.vqgan)
     fields = {"params": params}
     if disc is None:
         import logging
@@ -112,14 +112,6 @@ def load_init(cfg) -> dict | None:
                               f"train.disc_ndf, train.disc_layers = {want}")
     fields.update(disc_params=disc["params"], disc_stats=disc["batch_stats"])
     return fields
-
-
-def export_tree(state: State) -> dict:
-    """The orbax tree of `load_init` / `lip-jax convert --kind dfvqgan` (orbax -> .pth gives the
-    official Net keys, discriminator included) from a train state: `save_params(dir, export_tree(s))`."""
-    from lip_jax.convert.dfvqgan import DISCRIMINATOR
-
-    return {**state.params, DISCRIMINATOR: {"params": state.disc_params, "batch_stats": state.disc_stats}}
 
 
 def lpips_distance(cfg, lpips_params) -> Perceptual:

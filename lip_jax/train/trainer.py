@@ -25,8 +25,10 @@ import orbax.checkpoint as ocp
 from lip_jax import sharding as partitioning
 from lip_jax.paths import path
 from lip_jax.train import faults
-from lip_jax.train.checkpoints import (PARAMS, CheckpointError, DataRestore, DataSave, checksums, load_params,
-                                       load_part, save_params, verify)
+from lip_jax.train.checkpoints import DataRestore, DataSave
+from lip_jax.weights.errors import CheckpointError
+from lip_jax.weights.load import load_lpips_any, load_mps, load_vqgan
+from lip_jax.weights.store import PARAMS, checksums, save_params, verify
 from lip_jax.train.writer import Progress, Writer
 
 log = logging.getLogger("lip_jax.train")
@@ -78,7 +80,7 @@ def _stage1_task(config) -> Task:
     if config.train.perceptual_weight > 0:
         net = lpips.LPIPS()
         if config.train.get("lpips_ckpt"):
-            lp = load_params(config.train.lpips_ckpt, nn.unbox(jax.eval_shape(lambda: lpips.init_params(net, jax.random.key(0)))))
+            lp = load_lpips_any(config.train.lpips_ckpt, on_host=False)
         else:
             log.warning("no train.lpips_ckpt: the perceptual loss uses a random VGG (tests only)")
             lp = nn.unbox(lpips.init_params(net, jax.random.key(1)))
@@ -102,14 +104,13 @@ def _stage1_task(config) -> Task:
 
 
 def _stage2_task(config) -> Task:
-    from lip_jax.convert.dfvqgan import param_template
     from lip_jax.models import dfvqgan
     from lip_jax.sample import sample_tokens
     from lip_jax.train import stage2
 
     if not config.get("vqgan_ckpt"):
         raise CheckpointError("stage 2 needs config.vqgan_ckpt: an orbax DF-VQGAN checkpoint (lip-jax convert)")
-    vq = load_part(config.vqgan_ckpt, "vqgan", param_template(config.vqgan))
+    vq = load_vqgan(config.vqgan_ckpt, config.vqgan, on_host=False)
     codebook = vq["quantize"]["embedding"]["embedding"]
     init_ckpt = config.train.get("init_ckpt")
     vq_model = dfvqgan.from_config(config.vqgan)
@@ -134,9 +135,7 @@ def _stage2_task(config) -> Task:
                 make_step=lambda _: stage2.make_train_step(config),
                 extra=(vq,), batch_keys=("image", "mask", "masked_image", "text_ids"), preview=jax.jit(preview))
     if init_ckpt:
-        from lip_jax.convert.mps2s import param_template as mps_template
-
-        task.init_fields = {"params": load_part(init_ckpt, "mps", mps_template(mcfg))}
+        task.init_fields = {"params": load_mps(init_ckpt, mcfg, on_host=False)}
     task.export = lambda params: {"mps": params, "vqgan": vq}
     return task
 

@@ -23,9 +23,8 @@ import numpy as np
 
 from lip_jax.config import UsageError
 from lip_jax.paths import PathLike, path as as_path
-from lip_jax.train.checkpoints import CheckpointError, load_params, load_part, orbax_template, resolve
-
-TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+from lip_jax.weights.errors import CheckpointError, ConversionError
+from lip_jax.weights.store import load_params, load_part, orbax_template, replicate, resolve
 
 
 def to_local(tree):
@@ -45,21 +44,21 @@ def load_orbax(path: PathLike, template=None):
 
 def clip_config_of(params, preset=None):
     """ClipConfig of Flax CLIP params: `preset` if given, else OpenAI's rule (heads = width / 64)."""
-    from lip_jax.convert import clip as conv_clip
-    from lip_jax.convert import common
+    from lip_jax.weights import clip as conv_clip
+    from lip_jax.weights import torch_io
     from lip_jax.models.clip import ClipConfig
 
     if preset:
         return ClipConfig.from_any(preset)
-    shapes = common.expected_torch_shapes(params, (), conv_clip.KEY_RULES)
+    shapes = torch_io.expected_torch_shapes(params, (), conv_clip.KEY_RULES)
     return conv_clip.infer_config({k: jax.ShapeDtypeStruct(s, np.float32) for k, (_, s) in shapes.items()})
 
 
 @functools.lru_cache(maxsize=4)
 def _templates(mps_json: str, vq_json: str) -> tuple:
     """Parameter shapes of both models (tracing DF-VQGAN's init costs seconds: once per process)."""
-    from lip_jax.convert import dfvqgan as conv_vq
-    from lip_jax.convert import mps2s as conv_mps
+    from lip_jax.weights import dfvqgan as conv_vq
+    from lip_jax.weights import mps2s as conv_mps
 
     return (("mps", conv_mps.param_template(json.loads(mps_json))),
             ("vqgan", conv_vq.param_template(json.loads(vq_json))))
@@ -82,7 +81,7 @@ def load_lip(path: PathLike, mps_cfg, vq_cfg) -> dict:
 
     `path`: a stage-2 workdir or its `params/`, an orbax {mps, vqgan[, clip]} from `lip-jax convert`,
     or the official `.pth` (its `clip_sim` reranker becomes "clip")."""
-    from lip_jax.convert.common import ConversionError
+    from lip_jax.weights.errors import ConversionError
 
     if not as_path(path).exists():
         raise CheckpointError(f"{path}: no such checkpoint file or directory")
@@ -99,15 +98,15 @@ def load_lip(path: PathLike, mps_cfg, vq_cfg) -> dict:
         if "clip" in tree:
             out["clip"] = (tree["clip"], clip_config_of(tree["clip"]))
         return out
-    from lip_jax.convert import common
-    from lip_jax.convert.mps2s import lip_from_torch
+    from lip_jax.weights import torch_io
+    from lip_jax.weights.mps2s import lip_from_torch
 
     try:
-        tree = lip_from_torch(common.load_torch_checkpoint(path), mps_cfg, vq_cfg)
+        tree = lip_from_torch(torch_io.load_torch_checkpoint(path), mps_cfg, vq_cfg)
         out = {"mps": tree["mps"], "vqgan": tree["vqgan"]}
-        clip_sim = common.subtree(tree.get("clip_sim", {}), "model")
+        clip_sim = torch_io.subtree(tree.get("clip_sim", {}), "model")
         if clip_sim:
-            from lip_jax.convert.clip import clip_from_openai, infer_config
+            from lip_jax.weights.clip import clip_from_openai, infer_config
 
             cfg = infer_config(clip_sim)
             out["clip"] = (clip_from_openai(clip_sim, cfg, what=f"{path} clip_sim"), cfg)
@@ -116,23 +115,60 @@ def load_lip(path: PathLike, mps_cfg, vq_cfg) -> dict:
     return out
 
 
-def load_vqgan(path: PathLike, vq_cfg):
+def _placed(tree, on_host: bool):
+    """Loaders return numpy (`on_host`, for inference, which places the weights on its own mesh)
+    or arrays replicated over every device (training's state and step inputs)."""
+    if on_host:
+        return to_local(tree)
+    return tree if all(isinstance(a, jax.Array) for a in jax.tree.leaves(tree)) else replicate(tree)
+
+
+def load_vqgan(path: PathLike, vq_cfg, on_host: bool = True):
     """DF-VQGAN params from a stage-1 workdir / params, a stage-2 output (its DF-VQGAN), an orbax
     directory from `lip-jax convert`, or the official `.pth`."""
-    from lip_jax.convert.dfvqgan import param_template
+    from lip_jax.models.dfvqgan import param_template
 
     if as_path(path).is_file():
-        from lip_jax.convert import common
-        from lip_jax.convert.dfvqgan import dfvqgan_from_torch
+        from lip_jax.weights import torch_io
+        from lip_jax.weights.dfvqgan import dfvqgan_from_torch
 
-        return dfvqgan_from_torch(common.load_torch_checkpoint(path), vq_cfg, what=path)
-    return to_local(load_part(path, "vqgan", param_template(vq_cfg)))
+        return _placed(dfvqgan_from_torch(torch_io.load_torch_checkpoint(path), vq_cfg, what=path), on_host)
+    return _placed(load_part(path, "vqgan", param_template(vq_cfg)), on_host)
+
+
+def load_vqgan_with_discriminator(path: PathLike, cfg):
+    """(DF-VQGAN params, discriminator tree or None) from an orbax directory, strict against `cfg`.
+    The DF-VQGAN alone is read by `load_vqgan` (stage 2, reconstruct)."""
+    from lip_jax.models.dfvqgan import param_template
+    from lip_jax.weights import discriminator as conv_disc
+    from lip_jax.weights.dfvqgan import DISCRIMINATOR
+
+    stored = orbax_template(path)
+    template = dict(param_template(cfg))
+    disc = stored.get(DISCRIMINATOR) if hasattr(stored, 'get') else None
+    if disc is not None:
+        try:
+            size = conv_disc.size_of_tree(disc)
+        except ConversionError as e:
+            raise CheckpointError(f"{path}: unreadable '{DISCRIMINATOR}' entry ({e})") from e
+        template[DISCRIMINATOR] = conv_disc.variables_template(*size)
+    tree = dict(load_params(path, template))
+    disc = tree.pop(DISCRIMINATOR, None)
+    return tree, disc
+
+
+def load_mps(path: PathLike, mps_cfg, on_host: bool = True):
+    """MP-S2S params (`train.init_ckpt`) from a stage-2 workdir / params or an orbax directory from
+    `lip-jax convert --only mps`."""
+    from lip_jax.models.mps2s import param_template
+
+    return _placed(load_part(path, "mps", param_template(mps_cfg)), on_host)
 
 
 def load_clip_any(path: PathLike, preset=None):
     """(params, ClipConfig) from an OpenAI file, an HF directory or hub name, or an orbax directory."""
-    from lip_jax.convert.clip import load_clip
-    from lip_jax.convert.common import ConversionError
+    from lip_jax.weights.clip import load_clip
+    from lip_jax.weights.errors import ConversionError
 
     try:
         if as_path(path).is_dir() and not (as_path(path) / "config.json").is_file():
@@ -145,19 +181,20 @@ def load_clip_any(path: PathLike, preset=None):
         raise UsageError(f"{path}: {e}") from e
 
 
-def load_lpips_any(spec: str):
+def load_lpips_any(spec: str, on_host: bool = True):
     """LPIPS params: an orbax directory, one merged `.pth`, or `VGG16.pth,HEADS.pth`."""
-    from lip_jax.convert.lpips import load_lpips_params, param_template
+    from lip_jax.models.lpips import param_template
+    from lip_jax.weights.lpips import load_lpips_params
 
     if as_path(spec).is_dir():
-        return load_orbax(spec, param_template())
+        return _placed(load_params(spec, param_template()), on_host)
     vgg, _, heads = spec.partition(",")
-    return load_lpips_params(vgg, heads or None)
+    return _placed(load_lpips_params(vgg, heads or None), on_host)
 
 
 def load_inception_any(path: PathLike):
     """pytorch-fid Inception: `.pth` or an orbax {params, batch_stats} directory."""
-    from lip_jax.convert.inception import load_inception_variables
+    from lip_jax.weights.inception import load_inception_variables
 
     if as_path(path).is_dir():
         tree = load_orbax(path)

@@ -19,8 +19,8 @@ from typing import Mapping
 import flax.linen as nn
 import numpy as np
 
-from lip_jax.convert import common
-from lip_jax.models import inception as I
+from lip_jax.weights import torch_io
+from lip_jax.models.inception import variables_template
 
 KEY_RULES = [(r"\.(branch[^.]*)\.(\d+)\.", r".\1_\2.")]
 SHAPE_RULES: list = []
@@ -36,8 +36,6 @@ _WRAPPER_KEY = re.compile(r"^blocks\.(\d+)\.(\d+)\.(.*)$")
 _COUNTER = re.compile(r"\.num_batches_tracked$")
 
 
-def variables_template(num_classes: int = 0) -> dict:
-    return I.variables_template(num_classes)
 
 
 def canonical_state(state: Mapping, what: str = "FID Inception") -> dict:
@@ -51,7 +49,7 @@ def canonical_state(state: Mapping, what: str = "FID Inception") -> dict:
         if m and (int(m.group(1)), int(m.group(2))) in WRAPPER_BLOCKS:
             new = f"{WRAPPER_BLOCKS[int(m.group(1)), int(m.group(2))]}.{m.group(3)}"
         if new in out:
-            raise common.ConversionError(f"{what}: {key} and another key both give {new}")
+            raise torch_io.ConversionError(f"{what}: {key} and another key both give {new}")
         out[new] = value
     return out
 
@@ -60,7 +58,7 @@ def _expected(template: Mapping) -> dict:
     """torch key -> torch shape for params and batch_stats together."""
     shapes = {}
     for col in ("params", "batch_stats"):
-        for key, (_, shape) in common.expected_torch_shapes(template[col], SHAPE_RULES, KEY_RULES).items():
+        for key, (_, shape) in torch_io.expected_torch_shapes(template[col], SHAPE_RULES, KEY_RULES).items():
             shapes[key] = shape
     return shapes
 
@@ -73,11 +71,11 @@ def inception_from_torch(state: Mapping, what: str = "FID Inception") -> tuple[d
     """
     state = canonical_state(state, what)
     template = variables_template(num_classes_of(state))
-    common.check_keys(_expected(template), {k: tuple(v.shape) for k, v in state.items()}, what)
+    torch_io.check_keys(_expected(template), {k: tuple(v.shape) for k, v in state.items()}, what)
     out = {}
     for col in ("params", "batch_stats"):
-        keys = common.expected_torch_shapes(template[col], SHAPE_RULES, KEY_RULES)
-        out[col] = common.torch_to_flax({k: state[k] for k in keys}, template[col], what, SHAPE_RULES, KEY_RULES)
+        keys = torch_io.expected_torch_shapes(template[col], SHAPE_RULES, KEY_RULES)
+        out[col] = torch_io.torch_to_flax({k: state[k] for k in keys}, template[col], what, SHAPE_RULES, KEY_RULES)
     return out["params"], out["batch_stats"]
 
 
@@ -99,11 +97,11 @@ def inception_to_torch(params: Mapping, batch_stats: Mapping, num_batches_tracke
     template = variables_template(int(fc.shape[1]) if fc is not None else 0)
     got = {}
     for col, tree in (("params", params), ("batch_stats", batch_stats)):
-        for key, (_, shape) in common.expected_torch_shapes(tree, SHAPE_RULES, KEY_RULES).items():
+        for key, (_, shape) in torch_io.expected_torch_shapes(tree, SHAPE_RULES, KEY_RULES).items():
             got[key] = shape
-    common.check_keys(_expected(template), got, what)
-    out = common.flax_to_torch(params, what, SHAPE_RULES, KEY_RULES)
-    out.update(common.flax_to_torch(batch_stats, what, SHAPE_RULES, KEY_RULES))
+    torch_io.check_keys(_expected(template), got, what)
+    out = torch_io.flax_to_torch(params, what, SHAPE_RULES, KEY_RULES)
+    out.update(torch_io.flax_to_torch(batch_stats, what, SHAPE_RULES, KEY_RULES))
     if num_batches_tracked:
         for key in [k for k in out if k.endswith(".bn.running_mean")]:
             out[key[: -len("running_mean")] + "num_batches_tracked"] = np.zeros((), np.int64)
@@ -112,5 +110,5 @@ def inception_to_torch(params: Mapping, batch_stats: Mapping, num_batches_tracke
 
 def load_inception_variables(path: str) -> dict:
     """Local pytorch-fid weights .pth -> {"params", "batch_stats"} for `FIDInceptionV3`."""
-    params, batch_stats = inception_from_torch(common.load_torch_checkpoint(path))
+    params, batch_stats = inception_from_torch(torch_io.load_torch_checkpoint(path))
     return {"params": params, "batch_stats": batch_stats}

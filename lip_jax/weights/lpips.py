@@ -20,11 +20,11 @@ import re
 from typing import Mapping
 
 import flax.linen as nn
-import jax
 import numpy as np
 
-from lip_jax.convert import common
+from lip_jax.weights import torch_io
 from lip_jax.models import lpips as L
+from lip_jax.models.lpips import param_template
 
 KEY_RULES: list = []  # Flax names are the torch names: features_N -> features.N, linK/model_1 -> linK.model.1
 SHAPE_RULES: list = []
@@ -35,10 +35,6 @@ _IGNORED = re.compile(r"^classifier\.\d+\.(weight|bias)$")
 _SCALING = {"scaling_layer.shift": L.SHIFT, "scaling_layer.scale": L.SCALE}
 
 
-def param_template() -> dict:
-    """Unboxed parameter shapes of `LPIPS()` (no allocation)."""
-    model = L.LPIPS()
-    return nn.unbox(jax.eval_shape(lambda: L.init_params(model, jax.random.key(0))))
 
 
 def canonical_state(state: Mapping, what: str = "LPIPS") -> dict:
@@ -48,23 +44,23 @@ def canonical_state(state: Mapping, what: str = "LPIPS") -> dict:
         if _IGNORED.match(key):
             continue
         if key in _SCALING:
-            got = common.as_numpy(value).reshape(-1).astype(np.float64)
+            got = torch_io.as_numpy(value).reshape(-1).astype(np.float64)
             if got.shape != (3,) or not np.allclose(got, _SCALING[key], rtol=0, atol=1e-6):
-                raise common.ConversionError(f"{what}: {key} is {got.tolist()}, expected {list(_SCALING[key])}")
+                raise torch_io.ConversionError(f"{what}: {key} is {got.tolist()}, expected {list(_SCALING[key])}")
             continue
         m = _SLICE_KEY.match(key)
         new = f"features.{m.group(1)}.{m.group(2)}" if m else key
         m = _HEAD_NO_DROPOUT.match(new)
         new = f"{m.group(1)}.model.1.weight" if m else new
         if new in out:
-            raise common.ConversionError(f"{what}: {key} and another key both give {new}")
+            raise torch_io.ConversionError(f"{what}: {key} and another key both give {new}")
         out[new] = value
     return out
 
 
 def lpips_from_torch(state: Mapping, what: str = "LPIPS") -> dict:
     """Torch state dict (VGG16 features + heads, any accepted spelling) -> Flax params, strictly."""
-    return common.torch_to_flax(canonical_state(state, what), param_template(), what, SHAPE_RULES, KEY_RULES)
+    return torch_io.torch_to_flax(canonical_state(state, what), param_template(), what, SHAPE_RULES, KEY_RULES)
 
 
 def lpips_to_torch(params: Mapping, what: str = "LPIPS") -> dict:
@@ -72,10 +68,10 @@ def lpips_to_torch(params: Mapping, what: str = "LPIPS") -> dict:
 
     Split it with `split_torch_state` to write the two files of the original release.
     """
-    expected = common.expected_torch_shapes(param_template(), SHAPE_RULES, KEY_RULES)
-    got = common.expected_torch_shapes(nn.unbox(params), SHAPE_RULES, KEY_RULES)
-    common.check_keys({k: s for k, (_, s) in expected.items()}, {k: s for k, (_, s) in got.items()}, what)
-    return common.flax_to_torch(nn.unbox(params), what, SHAPE_RULES, KEY_RULES)
+    expected = torch_io.expected_torch_shapes(param_template(), SHAPE_RULES, KEY_RULES)
+    got = torch_io.expected_torch_shapes(nn.unbox(params), SHAPE_RULES, KEY_RULES)
+    torch_io.check_keys({k: s for k, (_, s) in expected.items()}, {k: s for k, (_, s) in got.items()}, what)
+    return torch_io.flax_to_torch(nn.unbox(params), what, SHAPE_RULES, KEY_RULES)
 
 
 def split_torch_state(state: Mapping) -> tuple[dict, dict]:
@@ -87,12 +83,12 @@ def split_torch_state(state: Mapping) -> tuple[dict, dict]:
 
 def load_lpips_checkpoints(vgg_path: str, heads_path: str | None = None, what: str = "LPIPS") -> dict:
     """Memory-mapped merge of a torchvision VGG16 .pth and an LPIPS heads .pth (or one LPIPS .pth)."""
-    state = dict(common.load_torch_checkpoint(vgg_path))
+    state = dict(torch_io.load_torch_checkpoint(vgg_path))
     if heads_path is not None:
-        heads = common.load_torch_checkpoint(heads_path)
+        heads = torch_io.load_torch_checkpoint(heads_path)
         clash = sorted(set(state) & set(heads))
         if clash:
-            raise common.ConversionError(f"{what}: {vgg_path} and {heads_path} both hold {', '.join(clash[:8])}")
+            raise torch_io.ConversionError(f"{what}: {vgg_path} and {heads_path} both hold {', '.join(clash[:8])}")
         state.update(heads)
     return state
 

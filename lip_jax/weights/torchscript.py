@@ -20,7 +20,7 @@ import zipfile
 
 import numpy as np
 
-from lip_jax.convert.common import ConversionError
+from lip_jax.weights.errors import ConversionError
 from lip_jax.paths import PathLike, is_url, path as as_path
 
 _DTYPES = {"FloatStorage": "f4", "DoubleStorage": "f8", "HalfStorage": "f2", "LongStorage": "i8",

@@ -6,10 +6,9 @@ import re
 from typing import Mapping
 
 import flax.linen as nn
-import jax
 
-from lip_jax.convert import common
-from lip_jax.models import dfvqgan
+from lip_jax.weights import torch_io
+from lip_jax.models.dfvqgan import param_template
 
 # The generic rule writes `name_N` as `name.N` (ModuleList indices); `mid.block_1` is an attribute.
 KEY_RULES = [(r"\.mid\.(block|attn)\.(\d+)\.", r".mid.\1_\2.")]
@@ -24,10 +23,6 @@ def _mask_group_norm_shape(key: str, flax_shape: tuple[int, ...]):
 SHAPE_RULES = [_mask_group_norm_shape]
 
 
-def param_template(cfg) -> dict:
-    """Parameter shapes of the model built from `cfg` (no allocation)."""
-    model = dfvqgan.from_config(cfg)
-    return nn.unbox(jax.eval_shape(lambda: dfvqgan.init_params(model, jax.random.key(0))))
 
 
 # The stage-1 training `Net` also holds these; the released checkpoint comes from it, which is why
@@ -48,41 +43,21 @@ def dfvqgan_from_torch(state: Mapping, cfg, what: str = "DF-VQGAN") -> dict:
     `perceptual_loss.*` entries are left aside (see `split_training_keys`).
     """
     vq, _ = split_training_keys(state)
-    return common.torch_to_flax(vq, param_template(cfg), what, SHAPE_RULES, KEY_RULES)
+    return torch_io.torch_to_flax(vq, param_template(cfg), what, SHAPE_RULES, KEY_RULES)
 
 
 def dfvqgan_to_torch(params: Mapping, cfg=None, what: str = "DF-VQGAN") -> dict:
     """Flax params -> official DFVQGAN state dict (numpy arrays), loadable with strict=True."""
     if cfg is not None:  # refuse params that do not belong to this config
-        expected = common.expected_torch_shapes(param_template(cfg), SHAPE_RULES, KEY_RULES)
-        got = common.expected_torch_shapes(nn.unbox(params), SHAPE_RULES, KEY_RULES)
-        common.check_keys({k: s for k, (_, s) in expected.items()}, {k: s for k, (_, s) in got.items()}, what)
-    return common.flax_to_torch(nn.unbox(params), what, SHAPE_RULES, KEY_RULES)
+        expected = torch_io.expected_torch_shapes(param_template(cfg), SHAPE_RULES, KEY_RULES)
+        got = torch_io.expected_torch_shapes(nn.unbox(params), SHAPE_RULES, KEY_RULES)
+        torch_io.check_keys({k: s for k, (_, s) in expected.items()}, {k: s for k, (_, s) in got.items()}, what)
+    return torch_io.flax_to_torch(nn.unbox(params), what, SHAPE_RULES, KEY_RULES)
 
 
 # A converted stage-1 training checkpoint: the DF-VQGAN params as above, plus this top-level entry
-# {"params", "batch_stats"} (lip_jax.convert.discriminator). Readers of DF-VQGAN weights take both.
+# {"params", "batch_stats"} (lip_jax.weights.discriminator). Readers of DF-VQGAN weights take both.
 DISCRIMINATOR = "discriminator"
-
-
-def load_with_discriminator(path: str, cfg):
-    """(DF-VQGAN params, discriminator tree or None) from an orbax directory, strict against `cfg`.
-    The DF-VQGAN alone is read by lip_jax.train.checkpoints.load_part (stage 2, reconstruct)."""
-    from lip_jax.convert import discriminator as conv_disc
-    from lip_jax.train.checkpoints import CheckpointError, load_params, orbax_template
-
-    stored = orbax_template(path)
-    template = dict(param_template(cfg))
-    disc = stored.get(DISCRIMINATOR) if isinstance(stored, Mapping) else None
-    if disc is not None:
-        try:
-            size = conv_disc.size_of_tree(disc)
-        except common.ConversionError as e:
-            raise CheckpointError(f"{path}: unreadable '{DISCRIMINATOR}' entry ({e})") from e
-        template[DISCRIMINATOR] = conv_disc.template(*size)
-    tree = dict(load_params(path, template))
-    disc = tree.pop(DISCRIMINATOR, None)
-    return tree, disc
 
 
 def training_from_torch(state: Mapping, cfg, what: str = "DF-VQGAN") -> tuple[dict, int]:
@@ -90,10 +65,10 @@ def training_from_torch(state: Mapping, cfg, what: str = "DF-VQGAN") -> tuple[di
     writes: DF-VQGAN params, plus DISCRIMINATOR when the state has `discriminator.*` keys.
     Returns (tree, number of `perceptual_loss.*` keys left out: the frozen LPIPS, converted on its
     own with --kind lpips)."""
-    from lip_jax.convert import discriminator as conv_disc
+    from lip_jax.weights import discriminator as conv_disc
 
     rest, disc, lpips = conv_disc.split(state)
-    tree = common.torch_to_flax(rest, param_template(cfg), what, SHAPE_RULES, KEY_RULES)
+    tree = torch_io.torch_to_flax(rest, param_template(cfg), what, SHAPE_RULES, KEY_RULES)
     if disc:
         tree[DISCRIMINATOR] = conv_disc.discriminator_from_torch(disc, what=f"{what} discriminator")
     return tree, len(lpips)
@@ -101,7 +76,7 @@ def training_from_torch(state: Mapping, cfg, what: str = "DF-VQGAN") -> tuple[di
 
 def training_to_torch(params: Mapping, disc: Mapping | None, what: str = "DF-VQGAN") -> dict:
     """Inverse of `training_from_torch` (without LPIPS): `discriminator.*` keys when `disc` is given."""
-    from lip_jax.convert import discriminator as conv_disc
+    from lip_jax.weights import discriminator as conv_disc
 
     state = dfvqgan_to_torch(params, None, what)
     if disc is not None:

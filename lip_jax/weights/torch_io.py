@@ -17,10 +17,7 @@ import numpy as np
 from flax import traverse_util
 
 from lip_jax.paths import PathLike, is_url, path as as_path
-
-
-class ConversionError(ValueError):
-    """A checkpoint does not match the model: names the offending keys."""
+from lip_jax.weights.errors import ConversionError
 
 
 _INDEXED = re.compile(r"^(.*)_(\d+)$")
@@ -146,7 +143,7 @@ def load_torch_checkpoint(path: PathLike) -> dict:
     A TorchScript archive (OpenAI's CLIP) is read through the allow-list reader: every PyTorch file
     this project reads goes through here, as data. A URL (`gs://...`) is read through a seekable
     epath file (torch cannot memory-map it)."""
-    from lip_jax.convert import torchscript
+    from lip_jax.weights import torchscript
 
     if torchscript.is_torchscript(path):
         return torchscript.read_state_dict(path)

@@ -2,13 +2,13 @@
 
 Sources read by `load_clip`:
   * OpenAI's `ViT-B-32.pt` TorchScript archive (the tensors of its state dict, read
-    as data by lip_jax.convert.torchscript without running the archive; fp16 weights are cast to
+    as data by lip_jax.weights.torchscript without running the archive; fp16 weights are cast to
     float32) or a plain OpenAI state dict (`.pt` / `.pth`);
   * a Hugging Face `CLIPModel` directory (`config.json` + `model.safetensors` or `pytorch_model.bin`),
     or a hub name such as `openai/clip-vit-base-patch32` when the network is available.
 Written back: `clip_to_openai` gives the OpenAI state-dict layout.
 
-Key mapping: the Flax paths give OpenAI's names with the generic rule of lip_jax.convert.common,
+Key mapping: the Flax paths give OpenAI's names with the generic rule of lip_jax.weights.torch_io,
 except `ln_1` / `ln_2` (attributes, not indices), `attn.in_proj_{weight,bias}`, and the text tower,
 which lives under `text.` in Flax and at the top level in OpenAI's state dict.
 """
@@ -23,9 +23,9 @@ import jax
 import numpy as np
 from flax import linen as nn
 
-from lip_jax.convert import common
-from lip_jax.convert.common import ConversionError
-from lip_jax.models.clip import CLIP, ClipConfig
+from lip_jax.weights import torch_io
+from lip_jax.weights.errors import ConversionError
+from lip_jax.models.clip import ClipConfig, param_template
 from lip_jax.paths import PathLike, is_url, path as as_path
 
 KEY_RULES = [
@@ -37,14 +37,6 @@ KEY_RULES = [
 _OPENAI_EXTRA = ("input_resolution", "context_length", "vocab_size")
 
 
-def param_template(cfg) -> dict:
-    """Parameter shapes of CLIP(cfg) (no allocation)."""
-    cfg = ClipConfig.from_any(cfg)
-    r = cfg.image_resolution
-    pixels = jax.ShapeDtypeStruct((1, r, r, 3), np.float32)
-    ids = jax.ShapeDtypeStruct((1, cfg.context_length), np.int32)
-    init = jax.eval_shape(lambda k, p, i: CLIP(cfg).init(k, p, i), jax.random.PRNGKey(0), pixels, ids)
-    return nn.meta.unbox(init["params"])
 
 
 def infer_config(state: Mapping, head_width: int = 64, tokenizer: str | None = None) -> ClipConfig:
@@ -75,7 +67,7 @@ def clip_from_openai(state: Mapping, cfg, what: str = "CLIP") -> dict:
     """OpenAI state dict (torch tensors or arrays) -> float32 Flax params of CLIP(cfg), strictly."""
     state = {k: v for k, v in state.items() if k not in _OPENAI_EXTRA}
     template = param_template(cfg)
-    params = common.torch_to_flax(state, template, what, (), KEY_RULES)
+    params = torch_io.torch_to_flax(state, template, what, (), KEY_RULES)
     return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)  # OpenAI ships fp16
 
 
@@ -83,10 +75,10 @@ def clip_to_openai(params: Mapping, cfg=None, what: str = "CLIP") -> dict:
     """Flax params -> OpenAI state dict {key: float32 array} (`model.load_state_dict` order-free)."""
     params = nn.meta.unbox(params)
     if cfg is not None:  # refuse params of another size
-        want = common.expected_torch_shapes(param_template(cfg), (), KEY_RULES)
-        got = common.expected_torch_shapes(params, (), KEY_RULES)
-        common.check_keys({k: s for k, (_, s) in want.items()}, {k: s for k, (_, s) in got.items()}, what)
-    return common.flax_to_torch(params, what, (), KEY_RULES)
+        want = torch_io.expected_torch_shapes(param_template(cfg), (), KEY_RULES)
+        got = torch_io.expected_torch_shapes(params, (), KEY_RULES)
+        torch_io.check_keys({k: s for k, (_, s) in want.items()}, {k: s for k, (_, s) in got.items()}, what)
+    return torch_io.flax_to_torch(params, what, (), KEY_RULES)
 
 
 # --- Hugging Face transformers CLIPModel ------------------------------------------------------------
@@ -142,7 +134,7 @@ def hf_to_openai(state: Mapping, what: str = "HF CLIP") -> dict:
     for key, value in state.items():
         if key.endswith("position_ids"):  # a buffer older transformers versions saved
             continue
-        value = common.as_numpy(value)
+        value = torch_io.as_numpy(value)
         if key in _HF_PROJ:
             out[_HF_PROJ[key]] = value.T  # Linear(width, embed, bias=False): x @ W.T
             continue
@@ -156,7 +148,7 @@ def hf_to_openai(state: Mapping, what: str = "HF CLIP") -> dict:
         else:
             unknown.append(key)
     if unknown:
-        raise ConversionError(f"{what}: unexpected {len(unknown)} keys: {common._abbrev(sorted(unknown))}")
+        raise ConversionError(f"{what}: unexpected {len(unknown)} keys: {torch_io._abbrev(sorted(unknown))}")
     for (tower, layer, leaf), parts in sorted(qkv.items()):
         if set(parts) != {"q", "k", "v"}:
             raise ConversionError(f"{what}: {tower} layer {layer} {leaf}: have only {sorted(parts)} of q/k/v")
@@ -199,7 +191,7 @@ def read_hf_dir(directory: PathLike) -> tuple[dict, ClipConfig]:
             except Exception:
                 raise ConversionError(f"{st}: unreadable safetensors file ({type(e).__name__}: {e})") from e
     elif pt.is_file():
-        state = common.load_torch_checkpoint(pt)
+        state = torch_io.load_torch_checkpoint(pt)
     else:
         raise ConversionError(f"{directory}: neither model.safetensors nor pytorch_model.bin "
                               f"(sharded checkpoints are not supported)")
@@ -217,7 +209,7 @@ def load_clip(path: PathLike, cfg=None) -> tuple[dict, ClipConfig]:
     if as_path(path).is_dir():
         state, inferred = read_hf_dir(path)
     elif as_path(path).is_file():
-        state = common.load_torch_checkpoint(path)  # TorchScript archives too, as data
+        state = torch_io.load_torch_checkpoint(path)  # TorchScript archives too, as data
         inferred = None
     elif not is_url(path) and _HUB_NAME.match(str(path)):
         try:
