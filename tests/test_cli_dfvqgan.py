@@ -81,7 +81,7 @@ def test_reconstruct_resizes_with_a_note(converted, tmp_path, capsys):
     rc = main(["reconstruct", "--config", CONFIG, "--ckpt", ckpt, "--image", str(tmp_path / "big.png"),
                "--mask", str(tmp_path / "bigmask.png"), "--out", str(tmp_path / "o.png")])
     assert rc == 0
-    assert "resizing 64x48 to the model resolution 32x32" in capsys.readouterr().err
+    assert "reconstructing the 32x32 window at (14, 4) of the 64x48 image" in capsys.readouterr().err
     assert Image.open(tmp_path / "o.png").size == (32, 32)
 
 

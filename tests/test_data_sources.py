@@ -7,7 +7,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from lip_jax.data import (CocoCaptions, ConceptualCaptions, DataError, ImageFolder, ImageNetList,
-                          MaskEvalFolder, Tfds, open_source, read_image)
+                          MaskEvalFolder, Tfds, open_source)
+from lip_jax.images import read_image
 
 
 def write_image(path, value, size=(12, 10), fmt=None):

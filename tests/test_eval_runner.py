@@ -24,7 +24,7 @@ from lip_jax.weights import lpips as CL
 from lip_jax.weights import mps2s as CM
 from lip_jax.weights.torch_io import save_torch_checkpoint
 from lip_jax.data import open_source
-from lip_jax.data.images import to_uint8, to_unit
+from lip_jax.images import from_uint8, to_uint8
 from lip_jax.eval import metrics as M
 from lip_jax.eval import folder as F
 from lip_jax.eval.clip_score import clip_score
@@ -103,7 +103,7 @@ def test_layout_and_images_match_the_pipeline(env, full_run):
     cfg = env["cfg"]
     source = open_source("mask_eval", root=env["data"])
     exs = [F.load_example(source, i, 32) for i in range(2)]
-    res = P.inpaint(env["vq"], cfg.vqgan, env["mps"], cfg.mps, np.stack([to_unit(e["masked"]) for e in exs]),
+    res = P.inpaint(env["vq"], cfg.vqgan, env["mps"], cfg.mps, np.stack([from_uint8(e["masked"]) for e in exs]),
                     np.stack([e["mask"] for e in exs]), [e["text"] for e in exs], num_samples=3,
                     seed=E.batch_seed(42, 0), clip=(env["clip"], CLIP_CFG), clip_resize="bicubic")
     assert [e["text"] for e in exs] == ["a red circle", "a green circle"]  # first line of guidance/

@@ -18,7 +18,7 @@ from random_weights import random_params
 from lip_jax.weights import load as AC
 from lip_jax.app import pipeline as I
 from lip_jax.cli import main
-from lip_jax.data.images import to_uint8
+from lip_jax.images import to_uint8
 from lip_jax.weights import clip as CC
 from lip_jax.weights.torch_io import save_torch_checkpoint
 from lip_jax.weights.mps2s import lip_to_torch
@@ -337,7 +337,7 @@ def test_inpainter_equals_the_cli_and_no_composite_replaces_the_window(models, f
 
 def test_opaque_rgba_mask_and_16_bit_image_read_like_their_plain_twins(files, photo, capsys):
     """One reading rule for every command: alpha is transparency (never "hole"), 16-bit is scaled."""
-    from lip_jax.data.images import read_image, read_mask
+    from lip_jax.images import read_image, read_mask
 
     m = np.zeros((32, 32), np.uint8)
     m[10:20, 3:17] = 255

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lip_jax.data import DataError, images, masks
+from lip_jax import images
+from lip_jax.data import DataError, masks
 
 H, W = 64, 96  # not square, so height/width mix-ups show
 RANDOM_FAMILIES = ["stage1_boxes", "stage2", "brush", "thin", "thick", "half"]

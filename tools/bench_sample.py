@@ -206,7 +206,7 @@ def demo_inputs(workdir, count):
     from lip_jax.config import load_config
     from lip_jax.app.demo import held_out
     from lip_jax.app.pipeline import Inpainter
-    from lip_jax.data.images import to_unit
+    from lip_jax.images import from_uint8
     from lip_jax.models import dfvqgan
     from lip_jax.models.tokenizer import get_tokenizer
 
@@ -216,7 +216,7 @@ def demo_inputs(workdir, count):
     config = load_config("configs/shapes_demo.py:demo")
     inp = Inpainter.load(stage2, "configs/shapes_demo.py:stage2")
     data = held_out(config, count)
-    x, m = to_unit(data["image"]), data["mask"]
+    x, m = from_uint8(data["image"]), data["mask"]
     model = dfvqgan.from_config(inp.config.vqgan)
     enc = model.apply({"params": inp.vq}, np.where(m[..., None], 0.0, x).astype(np.float32), m,
                       method=dfvqgan.DFVQGAN.encode)

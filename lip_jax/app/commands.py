@@ -12,8 +12,8 @@ import time
 import numpy as np
 
 from lip_jax.config import UsageError, apply_overrides, load_config
-from lip_jax.app.outputs import check_file, distinct, save_image, save_npy
-from lip_jax.data.images import read_image, read_mask, to_uint8
+from lip_jax.app.outputs import check_file, distinct, save_npy
+from lip_jax.images import check_mask, read_image, read_mask, to_uint8, write_image
 from lip_jax.paths import path
 
 
@@ -78,12 +78,12 @@ def inpaint(args) -> None:
     window = out.windows[0]
     say(f"inpainted a {window.side}x{window.side} window at ({window.left}, {window.top}) of the "
         f"{image.shape[1]}x{image.shape[0]} image" + (", pasted back into the hole" if args.composite else ""))
-    save_image(out.images[0], args.out)
+    write_image(out.images[0], args.out)
     written = [args.out]
     if args.grid:
         tiles = [np.where(hole[..., None], 0, image).astype(np.uint8),
                  np.repeat((hole * 255).astype(np.uint8)[..., None], 3, axis=-1), *out.candidates[0]]
-        save_image(_row(tiles), args.grid)
+        write_image(_row(tiles), args.grid)
         written.append(args.grid)
     if out.scores is not None:
         say(f"best CLIP score {out.scores[0, 0]:.2f}")
@@ -101,16 +101,11 @@ def reconstruct(args) -> None:
     if args.npy:
         check_file(args.npy, "--npy", overwrite)
     image = read_image(args.image)
-    mask = read_mask(args.mask)
-    if mask.shape != image.shape[:2]:
-        raise UsageError(f"{args.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
-                         f"{image.shape[1]}x{image.shape[0]}")
-    if not mask.any():
-        raise UsageError(f"{args.mask}: mask has no defective (non-zero) pixel")
+    mask = check_mask(read_mask(args.mask), image.shape[:2], args.mask)
     image, mask = to_model_size(image, mask, cfg.resolution, args.image)
     params = load_vqgan(args.ckpt, cfg)
     out = run_reconstruct(params, cfg, image, mask)
-    save_image(to_uint8(out), args.out)
+    write_image(to_uint8(out), args.out)
     if args.npy:
         save_npy(out[None].astype(np.float32), args.npy)
     print(f"wrote {args.out}" + (f" and {args.npy}" if args.npy else ""))
@@ -128,18 +123,18 @@ def _check_text(text: str) -> None:
 
 
 def to_model_size(image: np.ndarray, mask: np.ndarray, size: int, what: str):
-    """Resize image (bicubic) and mask (nearest) to the model resolution, with a note."""
-    from PIL import Image
+    """The model-resolution window around the hole, cut and resized exactly as `lip-jax inpaint`
+    cuts it (lip_jax.app.photo.to_model), so both commands see the same pixels; a note when the
+    window is not the whole image."""
+    from lip_jax.app import photo
 
-    if image.shape[:2] == (size, size):
-        return image, mask
-    print(f"note: {what}: resizing {image.shape[1]}x{image.shape[0]} to the model resolution {size}x{size}",
-          file=sys.stderr)
-    image = np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
-    mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 0
-    if not mask.any():
-        raise UsageError(f"{what}: the hole vanishes when the mask is resized to {size}x{size}")
-    return image, mask
+    pixels, holes, window = photo.to_model(image, mask, size)
+    if image.shape[:2] != (size, size):
+        print(f"note: {what}: reconstructing the {window.side}x{window.side} window at ({window.left}, "
+              f"{window.top}) of the {image.shape[1]}x{image.shape[0]} image"
+              + (f", resized to the model resolution {size}x{size}" if window.side != size else ""),
+              file=sys.stderr)
+    return pixels, holes
 
 
 def _row(tiles: list[np.ndarray], gap: int = 2) -> np.ndarray:

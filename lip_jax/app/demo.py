@@ -80,7 +80,7 @@ def most_likely(inpainter, images: np.ndarray, masks: np.ndarray, texts: list[st
     import jax.numpy as jnp
 
     from lip_jax.app.pipeline import inpaint
-    from lip_jax.data.images import to_uint8, to_unit
+    from lip_jax.images import from_uint8, to_uint8
     from lip_jax.models import mps2s
     from lip_jax.models.tokenizer import get_tokenizer
 
@@ -96,7 +96,7 @@ def most_likely(inpainter, images: np.ndarray, masks: np.ndarray, texts: list[st
 
     best = []
     for i in range(0, len(images), batch):
-        x, m, t = to_unit(images[i:i + batch]), masks[i:i + batch], texts[i:i + batch]
+        x, m, t = from_uint8(images[i:i + batch]), masks[i:i + batch], texts[i:i + batch]
         out = inpaint(inpainter.vq, inpainter.config.vqgan, inpainter.mps, cfg, x, m, t, num_samples=k,
                       top_k=s.top_k, temperature=s.temperature, seed=seed + i, decoder=s.get("decoder", "auto"))
         b = len(x)
@@ -116,6 +116,8 @@ def _grid(rows: list[list[np.ndarray]], labels: list[list[str]], scale: int = 6,
     `header`: one title per column above the first row."""
     from PIL import Image, ImageDraw
 
+    from lip_jax.images.resize import display_nearest
+
     cell = rows[0][0].shape[0] * scale
     font = _font(15)
     line_h, gap = 18, 8
@@ -131,7 +133,7 @@ def _grid(rows: list[list[np.ndarray]], labels: list[list[str]], scale: int = 6,
         y = head_h + r * (cell + label_h + gap)
         for c, (im, text) in enumerate(zip(row, row_labels)):
             x = c * (cell + gap)
-            canvas.paste(Image.fromarray(im).resize((cell, cell), Image.NEAREST), (x, y))
+            canvas.paste(Image.fromarray(display_nearest(im, cell)), (x, y))
             for j, line in enumerate(_wrap(text, chars)[:2]):
                 draw.text((x + 2, y + cell + 2 + line_h * j), line, fill=(0, 0, 0), font=font)
     return np.asarray(canvas)
@@ -266,10 +268,9 @@ def demo_config(config: str, quality: bool = False):
 
 
 def run(args) -> None:
-    from PIL import Image
-
     from lip_jax.weights.load import load_lip
     from lip_jax.app.pipeline import Inpainter
+    from lip_jax.images import write_image
     from lip_jax.train.trainer import train
 
     t_start = time.perf_counter()
@@ -314,7 +315,7 @@ def run(args) -> None:
     report["train"] = timings
     report["config"] = config_name
     report["total_s"] = time.perf_counter() - t_start
-    Image.fromarray(grid).save(os.path.join(work, "demo.png"))
+    write_image(grid, os.path.join(work, "demo.png"))
     with open(os.path.join(work, "report.json"), "w") as f:
         json.dump(report, f, indent=2)
     md = report_markdown(report)

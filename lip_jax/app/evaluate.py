@@ -48,9 +48,9 @@ from lip_jax.app import inference, pipeline
 from lip_jax.weights.load import fingerprint, load_clip_any, load_inception_any, load_lip, load_lpips_any
 from lip_jax.config import UsageError, apply_overrides, load_config
 from lip_jax.app.outputs import check_dir
-from lip_jax.paths import is_url, path as as_path
+from lip_jax.paths import path as as_path
 from lip_jax.sample import decoder_id
-from lip_jax.data.images import to_uint8, to_unit
+from lip_jax.images import from_uint8, to_uint8, write_atomic, write_image
 from lip_jax.eval.folder import (VISU, allgather, barrier, check_masks, compute_metrics, image_path,
                                  load_example, share)
 
@@ -283,7 +283,7 @@ def generate(weights, clip, config, mps_cfg, s, source, ids, out, progress=True,
             say(f"note: resizing the evaluation images to the model resolution {size}x{size}")
         exs += [exs[-1]] * (s["batch_size"] - len(exs))  # one compiled shape for every batch
         res = pipeline.inpaint(weights["vqgan"], config.vqgan, weights["mps"], mps_cfg,
-                               np.stack([to_unit(e["masked"]) for e in exs]), np.stack([e["mask"] for e in exs]),
+                               np.stack([from_uint8(e["masked"]) for e in exs]), np.stack([e["mask"] for e in exs]),
                                [e["text"] for e in exs], num_samples=s["sample_K"], top_k=s["top_k"],
                                temperature=s["temperature"], seed=batch_seed(s["seed"], a), clip=clip,
                                clip_resize=s["clip_resize"], mesh=mesh, decoder=s["decoder"])
@@ -292,7 +292,7 @@ def generate(weights, clip, config, mps_cfg, s, source, ids, out, progress=True,
             for r in range(best_n):
                 path = image_path(out, ids[i], r)
                 if path not in written:
-                    _write_png(to_uint8(res["candidates"][j, r]), path)
+                    write_image(to_uint8(res["candidates"][j, r]), path)
         sampled += b - a
         bar.update(b - a)
     bar.close()
@@ -310,30 +310,9 @@ def _written(out) -> set[str]:
     return {str(visu / p.name) for p in visu.iterdir()} if visu.is_dir() else set()
 
 
-def _write_png(array: np.ndarray, path: str) -> None:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    _write_whole(as_path(path), buf.getvalue())
-
-
 def _write_json(path, obj) -> None:
     text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False, default=_jsonable) + "\n"
-    _write_whole(as_path(path), text.encode())
-
-
-def _write_whole(path, data: bytes) -> None:
-    """A file with the final name is always complete: locally through a renamed temporary file; an
-    object-store upload is whole or absent by itself (and has no rename)."""
-    if is_url(path):
-        path.write_bytes(data)
-        return
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    write_atomic(path, text.encode())
 
 
 def _jsonable(x):

@@ -121,36 +121,14 @@ def distinct(*pairs: tuple[PathLike | None, str]) -> None:
         seen[key] = flag
 
 
-def save_image(image, dest: PathLike) -> None:
-    """A uint8 image at `dest` in the format its extension names, local or in an object store (PIL
-    alone would write a URL as a local `gs:/...` file)."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    im = Image.fromarray(np.asarray(image))
-    if not is_url(dest):
-        im.save(dest)
-        return
-    ext = as_path(dest).suffix.lower()
-    fmt = Image.registered_extensions().get(ext)
-    if fmt is None:
-        raise ValueError(f"unknown file extension: {ext}")
-    buf = io.BytesIO()
-    im.save(buf, format=fmt)
-    as_path(dest).write_bytes(buf.getvalue())
-
-
 def save_npy(array, dest: PathLike) -> None:
-    """`np.save` at `dest`, local or in an object store."""
+    """`np.save` at `dest`, local or in an object store, written atomically (lip_jax.images.write)."""
     import io
 
     import numpy as np
 
-    if not is_url(dest):
-        np.save(dest, array)
-        return
+    from lip_jax.images import write_atomic
+
     buf = io.BytesIO()
     np.save(buf, array)
-    as_path(dest).write_bytes(buf.getvalue())
+    write_atomic(dest, buf.getvalue())

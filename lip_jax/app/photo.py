@@ -14,9 +14,10 @@ Window rule (plan_window):
     extent; otherwise the window covers the whole axis and the photo is centred in it.
   * The part of a window outside the photo is edge-replicated context (never hole) and is
     never pasted back.
-Resampling: crop only ever shrinks (side >= size) and uses LANCZOS; paste only ever enlarges
-and uses BICUBIC. The crop mask is box/max pooled: a model pixel is hole if ANY photo pixel
-under it is, so the model fills at least everything that is pasted back.
+Resampling (lip_jax.images.resize): crop only ever shrinks (side >= size), photo_to_model;
+paste only ever enlarges, model_to_photo. The crop mask is mask_any (box/max pooled): a model
+pixel is hole if ANY photo pixel under it is, so the model fills at least everything that is
+pasted back. `lip-jax reconstruct` cuts its input with `to_model` too.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+
+from lip_jax.images.resize import mask_any, model_to_photo, photo_to_model
 
 
 @dataclass(frozen=True)
@@ -85,25 +87,6 @@ def _cut(array: np.ndarray, window: Window, mode: str, **kw) -> np.ndarray:
     return np.pad(array[ps, qs], pad, mode=mode, **kw)
 
 
-def _any_pool(mask: np.ndarray, size: int) -> np.ndarray:
-    """Resize a square bool mask to size x size: True where ANY source pixel under the target
-    pixel is True. Target i covers source [floor(i*s/n), ceil((i+1)*s/n)): overlapping spans,
-    so no hole pixel is lost at any ratio. Separable: any over a box = any of per-row anys."""
-    s = mask.shape[0]
-    i = np.arange(size)
-    lo, hi = (i * s) // size, -((-(i + 1) * s) // size)
-
-    def pool(m: np.ndarray) -> np.ndarray:   # along axis 0 with prefix sums
-        cs = np.concatenate([np.zeros((1,) + m.shape[1:], np.int64), np.cumsum(m, 0)])
-        return (cs[hi] - cs[lo]) > 0
-
-    return pool(pool(mask).T).T
-
-
-def _resize(image: np.ndarray, size: int, resample) -> np.ndarray:
-    return np.asarray(Image.fromarray(image).resize((size, size), resample))
-
-
 def crop(image: np.ndarray, mask: np.ndarray, window: Window, size: int):
     """The window cut from the photo and resized to size x size: (uint8 [size, size, 3],
     bool [size, size]). Outside the photo: edge-replicated pixels, not hole."""
@@ -116,7 +99,7 @@ def crop(image: np.ndarray, mask: np.ndarray, window: Window, size: int):
     holes = _cut(mask, window, "constant", constant_values=False)
     if window.side == size:
         return pixels, holes
-    return _resize(pixels, size, Image.LANCZOS), _any_pool(holes, size)
+    return photo_to_model(pixels, size), mask_any(holes, size)
 
 
 def paste(photo: np.ndarray, result: np.ndarray, window: Window, mask: np.ndarray,
@@ -126,7 +109,7 @@ def paste(photo: np.ndarray, result: np.ndarray, window: Window, mask: np.ndarra
     outside that stay bit-identical; the photo itself is not modified."""
     photo, result = np.asarray(photo, np.uint8), np.asarray(result, np.uint8)
     if result.shape[0] != window.side:
-        result = _resize(result, window.side, Image.BICUBIC)
+        result = model_to_photo(result, window.side)
     out = photo.copy()
     ps, ws = _inside(window, *photo.shape[:2])
     if composite:

@@ -34,7 +34,7 @@ import numpy as np
 from lip_jax import ranges
 from lip_jax.app import inference, photo
 from lip_jax.config import UsageError
-from lip_jax.data.images import read_image, read_mask, to_uint8, to_unit
+from lip_jax.images import check_mask, from_uint8, read_image, read_mask, to_uint8
 from lip_jax.models import dfvqgan
 from lip_jax.models.mps2s import MPSConfig
 
@@ -207,7 +207,7 @@ class Inpainter:
             log("note: a mask covers its whole image: generating from the text alone")
         size = self.mps_cfg.img_size
         cuts = [photo.to_model(p, h, size, context) for p, h in zip(photos, holes)]
-        out = inpaint(self.vq, self.config.vqgan, self.mps, self.mps_cfg, to_unit(np.stack([c[0] for c in cuts])),
+        out = inpaint(self.vq, self.config.vqgan, self.mps, self.mps_cfg, from_uint8(np.stack([c[0] for c in cuts])),
                       np.stack([c[1] for c in cuts]), text, num_samples=k, top_k=top_k, temperature=temperature,
                       seed=seed, clip=self.clip, mesh=self.mesh, decoder=decoder, log=log)
         candidates = [np.stack([photo.paste(p, to_uint8(c), cut[2], h, composite=composite) for c in cands])
@@ -286,13 +286,7 @@ def _read_hole(mask, shape: tuple[int, int], invert: bool) -> np.ndarray:
     else:
         mask = np.asarray(mask)
         mask = mask.any(axis=-1) if mask.ndim == 3 else mask.astype(bool)
-    if invert:
-        mask = ~mask
-    if mask.shape != tuple(shape):
-        raise UsageError(f"{name}: mask is {mask.shape[1]}x{mask.shape[0]} but the image is {shape[1]}x{shape[0]}")
-    if not mask.any():
-        raise UsageError(f"{name}: mask has no hole" + (" (after --invert-mask)" if invert else " (non-zero pixels)"))
-    return mask
+    return check_mask(~mask if invert else mask, shape, name, inverted=invert)
 
 
 # --- DF-VQGAN alone -------------------------------------------------------------------------------
@@ -307,6 +301,6 @@ def _reconstruct(params, x, mask, *, model):
 def reconstruct(params, vq_cfg, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Encode the defective image (hole unknown) and decode it with its skips: float [H, W, 3] in
     [-1, 1] at the model resolution (image uint8 and mask bool at that size)."""
-    x = np.where(mask[..., None], 0.0, to_unit(image))[None]
+    x = np.where(mask[..., None], 0.0, from_uint8(image))[None]
     out = _reconstruct(params, jnp.asarray(x), jnp.asarray(mask[None]), model=dfvqgan.from_config(vq_cfg))
     return np.asarray(out[0])

@@ -3,7 +3,6 @@
 from lip_jax.data.errors import DataError
 from lip_jax.data.augment import STAGE1_AUGMENT, STAGE2_AUGMENT, Augment
 from lip_jax.data.masks import FAMILIES as MASK_FAMILIES
-from lip_jax.data.images import read_image, read_mask, to_uint8, to_unit
 from lip_jax.data.masks import FileMasks, make_mask, token_mask
 from lip_jax.data.pipeline import Loader, PipelineConfig
 from lip_jax.data.shapes import Shapes, dominant
@@ -12,7 +11,7 @@ from lip_jax.data.sources import (SOURCES, CocoCaptions, ConceptualCaptions, Ima
 
 __all__ = [
     "DataError", "Augment", "STAGE1_AUGMENT", "STAGE2_AUGMENT", "MASK_FAMILIES", "FileMasks",
-    "read_mask", "to_unit", "to_uint8", "make_mask", "token_mask", "Loader", "PipelineConfig",
+    "make_mask", "token_mask", "Loader", "PipelineConfig",
     "Shapes", "dominant", "SOURCES", "CocoCaptions", "ConceptualCaptions", "ImageFolder",
-    "ImageNetList", "MaskEvalFolder", "Tfds", "open_source", "read_image",
+    "ImageNetList", "MaskEvalFolder", "Tfds", "open_source",
 ]

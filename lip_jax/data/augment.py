@@ -13,6 +13,8 @@ import math
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from lip_jax.images.resize import mask_nearest, train_to_model
+
 
 @dataclasses.dataclass(frozen=True)
 class Augment:
@@ -62,12 +64,10 @@ def _jitter(im: Image.Image, rng, aug: Augment) -> Image.Image:
     return im
 
 
-def _crop_resize(array: np.ndarray, box, size: int, resample) -> np.ndarray:
+def _crop_resize(array: np.ndarray, box, size: int, resize) -> np.ndarray:
     top, left, side = box
-    im = Image.fromarray(array[top:top + side, left:left + side])
-    if side != size:
-        im = im.resize((size, size), resample)
-    return np.asarray(im)
+    cut = array[top:top + side, left:left + side]
+    return resize(cut, size) if side != size else cut.copy()
 
 
 def augment(image: np.ndarray, mask: np.ndarray | None, rng, size: int, aug: Augment):
@@ -77,9 +77,9 @@ def augment(image: np.ndarray, mask: np.ndarray | None, rng, size: int, aug: Aug
     Returns (image uint8 [size, size, 3], mask bool [size, size] or None).
     """
     box = crop_box(rng, image.shape[0], image.shape[1], aug.scale)
-    out = _crop_resize(image, box, size, Image.BILINEAR)
+    out = _crop_resize(image, box, size, train_to_model)
     if mask is not None:
-        mask = _crop_resize(mask.astype(np.uint8), box, size, Image.NEAREST) > 0
+        mask = _crop_resize(np.asarray(mask, bool), box, size, mask_nearest)
     if rng.random() < aug.flip_p:
         out = out[:, ::-1]
         mask = None if mask is None else mask[:, ::-1]
@@ -87,8 +87,9 @@ def augment(image: np.ndarray, mask: np.ndarray | None, rng, size: int, aug: Aug
     return out, None if mask is None else np.ascontiguousarray(mask)
 
 
-def center_resize(image: np.ndarray, size: int, resample=Image.BILINEAR) -> np.ndarray:
-    """Centred square crop of the short side, resized to `size` (evaluation)."""
+def center_resize(image: np.ndarray, size: int, resize=train_to_model) -> np.ndarray:
+    """Centred square crop of the short side, resized to `size` (evaluation); a bool mask takes
+    `resize=mask_nearest` (lip_jax.images.resize)."""
     side = min(image.shape[:2])
     box = ((image.shape[0] - side) // 2, (image.shape[1] - side) // 2, side)
-    return _crop_resize(image, box, size, resample)
+    return _crop_resize(image, box, size, resize)

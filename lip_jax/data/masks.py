@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from lip_jax.data.errors import DataError
-from lip_jax.data.images import read_mask
+from lip_jax.images import read_mask
+from lip_jax.images.resize import mask_nearest
 
 MaskFn = Callable[[np.random.Generator, int, int], np.ndarray]
 
@@ -295,6 +296,5 @@ class FileMasks:
     def __call__(self, rng, height, width) -> np.ndarray:
         mask = read_mask(self.files[int(rng.integers(len(self.files)))])
         if mask.shape != (height, width):
-            im = Image.fromarray(mask.astype(np.uint8) * 255)
-            mask = np.asarray(im.resize((width, height), Image.NEAREST)) > 0
+            mask = mask_nearest(mask, (height, width))
         return ~mask if self.invert else mask

@@ -28,12 +28,12 @@ from typing import Callable
 
 import grain
 import numpy as np
-from PIL import Image
 
 from lip_jax import ranges
 from lip_jax.data import masks as masks_lib
 from lip_jax.data.augment import STAGE2_AUGMENT, Augment, augment, center_resize
 from lip_jax.data.errors import DataError
+from lip_jax.images.resize import mask_nearest
 from lip_jax.models.tokenizer import ByteTokenizer
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class _Prepare(grain.transforms.RandomMap):
         else:
             image = center_resize(image, size)
             if mask is not None:
-                mask = center_resize(mask.astype(np.uint8), size, Image.NEAREST) > 0
+                mask = center_resize(np.asarray(mask, bool), size, mask_nearest)
             if "masked_image" in example:
                 base = center_resize(example["masked_image"], size)
         decoder_none = False

@@ -23,7 +23,7 @@ import numpy as np
 from etils import epath
 
 from lip_jax.data.errors import DataError
-from lip_jax.data.images import read_image, read_mask
+from lip_jax.images import read_image, read_mask
 from lip_jax.data.shapes import Shapes
 
 log = logging.getLogger(__name__)

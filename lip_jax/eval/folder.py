@@ -16,8 +16,8 @@ import jax
 import numpy as np
 from etils import epath
 
-from lip_jax.data.errors import DataError
-from lip_jax.data.images import read_image, read_mask, to_unit
+from lip_jax.images import DataError, from_uint8, read_image, read_mask
+from lip_jax.images.resize import eval_to_model, mask_nearest
 
 VISU = "eval_visu"
 
@@ -34,23 +34,14 @@ def share(items: list, index: int, count: int) -> list:
     return items[bounds[index]:bounds[index + 1]]
 
 
-def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 0
-
-
 def load_example(source, i: int, size: int) -> dict:
     """Example i at the model resolution: gt and masked image uint8, mask bool, text, id."""
-    from PIL import Image
-
     ex = source[i]
     image, masked, mask = ex["image"], ex["masked_image"], ex["mask"]
     resized = image.shape[:2] != (size, size)
     if resized:
-        image = np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
-        masked = np.asarray(Image.fromarray(masked).resize((size, size), Image.BICUBIC))
-        mask = _resize_mask(mask, size)
+        image, masked = eval_to_model(image, size), eval_to_model(masked, size)
+        mask = mask_nearest(mask, size)
     if not mask.any():
         where = str(epath.Path(getattr(source, "root", "") or ".") / "mask" / f"{ex['id']}.mask.png")
         raise DataError(f"{where}: the mask has no hole" + (" at the model resolution" if ex["mask"].any() else ""))
@@ -62,7 +53,7 @@ def check_masks(root, ids, size: int) -> None:
     for i in ids:
         path = str(epath.Path(root) / "mask" / f"{i}.mask.png")
         original = read_mask(path)
-        mask = original if original.shape == (size, size) else _resize_mask(original, size)
+        mask = original if original.shape == (size, size) else mask_nearest(original, size)
         if not mask.any():
             raise DataError(f"{path}: the mask has no hole"
                             + (f" at the model resolution {size}" if original.any() else ""))
@@ -127,7 +118,7 @@ def compute_metrics(source, ids, out, s, size, *, clip=None, lpips_params=None, 
         cols["psnr"].append(np.asarray(M.psnr(pred.astype(np.float32), gt.astype(np.float32)))[keep])
         cols["psnr_outside_hole"].append(
             np.asarray(M.psnr(pred.astype(np.float32), gt.astype(np.float32), mask))[keep])
-        x, y = to_unit(pred), to_unit(gt)
+        x, y = from_uint8(pred), from_uint8(gt)
         if lpips_run is not None:
             cols["lpips"].append(lpips_run(x, y)[proc * chunk:(proc + 1) * chunk][keep])
         if clip is not None:

@@ -1,7 +1,7 @@
 """Inpainting metrics: PSNR (whole image / outside the hole), FID statistics and distance, LPIPS.
 
 Conventions: images NHWC; the networks take [-1, 1]; PSNR takes [0, 255] pixel values (convert
-library images with `to_pixels`); mask [B, H, W] bool, True = hole.
+[-1, 1] images with `lip_jax.images.to_uint8`); mask [B, H, W] bool, True = hole.
 
 The networks run batched and sharded: `sharded_batch_fn` jits a per-example function over a mesh
 of every device of every host (batch over data x fsdp, variables replicated) and returns the
@@ -24,12 +24,6 @@ Array = jax.Array
 
 
 # ----------------------------------------------------------------------------------------- PSNR
-
-
-def to_pixels(x: Array, quantize: bool = True) -> Array:
-    """[-1, 1] images -> [0, 255] floats; `quantize` rounds and clips as saving a uint8 PNG would."""
-    p = (jnp.asarray(x, jnp.float32) + 1.0) * 127.5
-    return jnp.clip(jnp.round(p), 0.0, 255.0) if quantize else p
 
 
 def psnr(pred: Array, target: Array, mask: Array | None = None, data_range: float = 255.0) -> Array:

@@ -23,6 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from lip_jax import sharding as partitioning
+from lip_jax.images import to_uint8
 from lip_jax.paths import path
 from lip_jax.train import faults
 from lip_jax.train.checkpoints import DataRestore, DataSave
@@ -143,7 +144,7 @@ def _stage2_task(config) -> Task:
 def _grid(rows) -> jax.Array:
     """[rows of B images] -> one uint8 image (a row per input kind, up to 8 columns)."""
     rows = [jnp.concatenate(list(r[:8]), axis=1) for r in rows]
-    return jnp.clip(jnp.round((jnp.concatenate(rows, axis=0) + 1) * 127.5), 0, 255).astype(jnp.uint8)
+    return to_uint8(jnp.concatenate(rows, axis=0))
 
 
 class HostLoader:

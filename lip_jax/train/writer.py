@@ -12,6 +12,7 @@ import time
 import jax
 import numpy as np
 
+from lip_jax.images import write_image
 from lip_jax.paths import PathLike, is_url, path
 
 
@@ -46,11 +47,7 @@ class Writer:
 
     def image(self, step: int, image: np.ndarray) -> None:
         if self.active:
-            from PIL import Image
-
-            buf = io.BytesIO()
-            Image.fromarray(np.asarray(image)).save(buf, format="PNG")
-            (self.workdir / "samples" / f"step_{step:07d}.png").write_bytes(buf.getvalue())
+            write_image(np.asarray(image), self.workdir / "samples" / f"step_{step:07d}.png")
 
     def close(self) -> None:
         if self.tb is not None:

@@ -1,5 +1,5 @@
 """Image and mask files, read one way everywhere (training data, evaluation folders, `lip-jax
-inpaint` / `reconstruct`, the Python pipeline), and the [-1, 1] <-> uint8 maps.
+inpaint` / `reconstruct`, the Python pipeline).
 
 Images: any mode PIL decodes, to uint8 RGB; 16-bit images are scaled to 8 bits (clipping them would
 turn every photo white), transparency is dropped (the colours are the image). Masks: any colour
@@ -14,7 +14,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from lip_jax.data.errors import DataError
+from lip_jax.images.errors import DataError
 from lip_jax.paths import is_url, path as as_path
 
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -61,13 +61,3 @@ def read_mask(path, size: tuple[int, int] | None = None) -> np.ndarray:
     if size is not None and mask.shape != tuple(size):
         raise DataError(f"{path}: mask is {mask.shape[0]}x{mask.shape[1]}, expected {size[0]}x{size[1]}")
     return mask
-
-
-def to_unit(image) -> np.ndarray:
-    """uint8 [0, 255] -> float32 [-1, 1]."""
-    return np.asarray(image).astype(np.float32) / 127.5 - 1.0
-
-
-def to_uint8(image) -> np.ndarray:
-    """[-1, 1] -> uint8, rounded and clipped as a saved PNG holds it."""
-    return np.clip(np.round((np.asarray(image, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
