@@ -82,7 +82,9 @@ def test_reconstruct_resizes_with_a_note(converted, tmp_path, capsys):
                "--mask", str(tmp_path / "bigmask.png"), "--out", str(tmp_path / "o.png")])
     assert rc == 0
     assert "reconstructing the 32x32 window at (14, 4) of the 64x48 image" in capsys.readouterr().err
-    assert Image.open(tmp_path / "o.png").size == (32, 32)
+    out = np.asarray(Image.open(tmp_path / "o.png"))
+    assert out.shape == (48, 64, 3)  # the image's own size: the window written back
+    assert (out[:4] == 100).all() and (out[:, :14] == 100).all()  # outside the window: the photo's pixels
 
 
 @pytest.mark.parametrize("bad", ["wrong_size", "not_an_image", "all_zero", "missing"])

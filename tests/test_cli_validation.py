@@ -382,7 +382,7 @@ def test_eval_rerun_with_other_weights_at_the_same_path_is_refused(lip, tmp_path
     shutil.rmtree(ckpt)
     shutil.copytree(lip / "b", ckpt)
     loads = []
-    monkeypatch.setattr(E, "load_lip", lambda *a: loads.append(a))
+    monkeypatch.setattr(AC, "load_lip", lambda *a: loads.append(a))
     assert main(eval_argv(lip, ckpt, out)) == 2
     one_line_error(capsys, "other settings (checkpoint_fingerprint: ")
     assert loads == []

@@ -11,7 +11,8 @@ from lip_jax.config import load_config
 from lip_jax.cli import main
 from lip_jax.data import DataError
 from lip_jax.data.shapes import COLOURS, Shapes, caption, dominant, object_mask, scene
-from lip_jax.app.demo import counterfactual, demo_config, follow_rates, held_out
+from lip_jax.app.demo import counterfactual, follow_rates, held_out
+from lip_jax.commands.demo import demo_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "shapes_demo.py")

@@ -14,6 +14,7 @@ from PIL import Image
 from eval_data import write_dataset
 from random_weights import random_params
 
+from lip_jax.weights import load as AC
 from lip_jax.app import evaluate as E
 from lip_jax.app import pipeline as P
 from lip_jax.config import load_config
@@ -79,7 +80,7 @@ def full_run(env):
     """One uninterrupted run with every metric (FID through the stub feature network)."""
     out = env["root"] / "full"
     mp = pytest.MonkeyPatch()
-    mp.setattr(E, "load_inception_any", lambda path: {"stub": path})
+    mp.setattr(AC, "load_inception_any", lambda path: {"stub": path})
     mp.setattr(F, "inception_features_fn", lambda variables: stub_features)
     try:
         (env["root"] / "stub.pth").write_bytes(b"")

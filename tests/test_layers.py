@@ -1,5 +1,6 @@
-"""The layer rule of the package (pyproject's import-linter contract): ops -> models -> (data, sample)
--> (train, eval, convert) -> app -> cli, each importing only downward; nothing imports the CLI."""
+"""The layer rule of the package (pyproject's import-linter contracts): ops -> models -> (data, sample)
+-> (train, eval, convert) -> app -> commands -> cli, each importing only downward, and no command
+imports another; nothing imports the CLI."""
 
 import os
 import re
@@ -13,7 +14,7 @@ def test_lint_imports_keeps_the_layer_contract():
     lint = os.path.join(os.path.dirname(sys.executable), "lint-imports")
     proc = subprocess.run([lint], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "1 kept, 0 broken" in proc.stdout
+    assert "2 kept, 0 broken" in proc.stdout
 
 
 def test_tools_and_configs_do_not_import_the_cli_or_tests():
@@ -30,3 +31,15 @@ def test_tools_and_configs_do_not_import_the_cli_or_tests():
                     if pattern.search(open(path).read()):
                         offenders.append(path)
     assert not offenders, offenders
+
+
+def test_help_and_argument_errors_load_no_jax():
+    """The command modules import JAX (and flax, orbax, torch) only inside `run`: `lip-jax --help`
+    and a wrong argument answer at once."""
+    code = ("import sys\nfrom lip_jax.cli import main\n"
+            "for argv in (['--help'], ['convert', '--help'], ['inpaint'], ['eval', '--data']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('jax', 'flax', 'orbax', 'torch') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

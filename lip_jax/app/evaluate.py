@@ -1,6 +1,6 @@
-"""`lip-jax eval`: NUWA-LIP on a folder in the evaluation layout (MaskCOCO / MaskFlickr / MaskVG /
-custom), as the official `eval_visu` action (config/lip4maskcoco, config/lip4custom), plus the
-paper's metrics (lip_jax.eval.folder).
+"""The work of `lip-jax eval` (its arguments: lip_jax.commands.evaluate): NUWA-LIP on a folder in
+the evaluation layout (MaskCOCO / MaskFlickr / MaskVG / custom), as the official `eval_visu` action
+(config/lip4maskcoco, config/lip4custom), plus the paper's metrics (lip_jax.eval.folder).
 
 For every example, `sample_K` candidates are sampled with the KV-cached sampler (batches of
 `batch_size` examples through lip_jax.app.pipeline.inpaint, their batch_size x sample_K rows split
@@ -32,27 +32,21 @@ params/, an orbax {mps, vqgan[, clip]} from `lip-jax convert`, the official .pth
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
-import re
 import sys
-import time
 
 import jax
 import numpy as np
 
 from lip_jax import ranges
 from lip_jax.app import inference, pipeline
-from lip_jax.weights.load import fingerprint, load_clip_any, load_inception_any, load_lip, load_lpips_any
-from lip_jax.config import UsageError, apply_overrides, load_config
-from lip_jax.app.outputs import check_dir
+from lip_jax.config import UsageError
 from lip_jax.paths import path as as_path
 from lip_jax.sample import decoder_id
 from lip_jax.images import from_uint8, to_uint8, write_atomic, write_image
-from lip_jax.eval.folder import (VISU, allgather, barrier, check_masks, compute_metrics, image_path,
-                                 load_example, share)
+from lip_jax.eval.folder import VISU, allgather, image_path, load_example, share
 
 SETTINGS = "eval_settings.json"
 METRICS = "metrics.json"
@@ -62,110 +56,9 @@ GUARDED = ("checkpoint", "checkpoint_fingerprint", "data", "clip", "clip_fingerp
            "vqgan", "decoder") + SAMPLING_KEYS
 
 
-def run(args) -> None:
-    """args: config, ckpt, data, out, clip, clip_config, lpips, fid_weights, fid_stats,
-    overrides ("key.path=value" strings, from --config.key.path=value), no_progress."""
-    from lip_jax.data import open_source
-
-    config = load_config(args.config)
-    inference.with_mesh_section(config)
-    apply_overrides(config, args.overrides)
-    s = _settings(config)
-    if config.get("distributed", None) is not None:  # as training: flags, or TPU / SLURM environments
-        from lip_jax.train.trainer import initialize_distributed
-
-        initialize_distributed(config)
-    proc, nproc = jax.process_index(), jax.process_count()
-
-    def say(msg):
-        if proc == 0:
-            print(f"lip-jax eval: {msg}", file=sys.stderr, flush=True)
-
-    try:
-        model, mps_cfg = pipeline.check_models(config.vqgan, config.mps)
-    except ValueError as e:
-        raise UsageError(f"{args.config}: {e}") from e
-    try:
-        mesh = inference.mesh_of(config)
-    except ValueError as e:
-        raise UsageError(f"--config.mesh: {e}") from e
-    root = _data_root(args.data)
-    source = open_source("mask_eval", root=root)
-    n = len(source) if s["max_examples"] <= 0 else min(len(source), s["max_examples"])
-    _require_paths(args)
-    check_dir(args.out, "--out")  # before anything is read at length: a read-only --out fails now
-    ids = list(getattr(source, "names", [])) or [source[i]["id"] for i in range(len(source))]
-    ids = ids[:n]
-    check_masks(root, ids, mps_cfg.img_size)
-    _check_guidance(root, ids)
-    clip_local = bool(args.clip) and as_path(args.clip).exists()
-    clip_spec = (str(as_path(args.clip)) if clip_local else args.clip) if args.clip else None
-    # The images depend on the weights' content, not only on where they lie: a checksum of the files.
-    settings = dict(config=args.config, overrides=list(args.overrides), checkpoint=str(as_path(args.ckpt)),
-                    checkpoint_fingerprint=fingerprint(args.ckpt), data=str(as_path(root)), examples=n,
-                    clip=clip_spec or "the checkpoint's clip_sim, if any",
-                    clip_fingerprint=fingerprint(args.clip) if clip_local else None,
-                    mps=config.mps.to_dict(), vqgan=config.vqgan.to_dict(),
-                    decoder=s["decoder"], **{k: s[k] for k in SAMPLING_KEYS})
-    _check_settings(args.out, settings)
-
-    # Every weight file is read before sampling: a typo must not surface after hours.
-    t0 = time.perf_counter()
-    weights = _on_device(load_lip(args.ckpt, mps_cfg, config.vqgan), model, mps_cfg, mesh)
-    clip, clip_from = weights.get("clip"), ("checkpoint clip_sim" if "clip" in weights else None)
-    if args.clip:
-        clip = _on_device({"clip": load_clip_any(args.clip, args.clip_config or s["clip_config"] or None)},
-                          model, mps_cfg, mesh)["clip"]
-        clip_from = clip_spec
-    lpips_params = load_lpips_any(args.lpips) if args.lpips else None
-    inception = load_inception_any(args.fid_weights) if args.fid_weights else None
-    ref_stats = None
-    if args.fid_stats:
-        from lip_jax.eval.metrics import load_fid_stats
-        from lip_jax.models.inception import FEATURE_DIM
-
-        try:
-            ref_stats = load_fid_stats(args.fid_stats)
-        except ValueError as e:
-            raise UsageError(str(e)) from e
-        if inception is not None and ref_stats[0].shape != (FEATURE_DIM,):
-            raise UsageError(f"{args.fid_stats}: {ref_stats[0].shape[0]}-d statistics, the Inception pool "
-                             f"features are {FEATURE_DIM}-d")
-    say(f"{n} examples in {root}; weights loaded ({time.perf_counter() - t0:.1f} s); {mesh.size} device(s), "
-        f"mesh {dict(mesh.shape)}; reranking: "
-        + (f"CLIP from {clip_from}" if clip else "off (no CLIP weights)"))
-
-    (as_path(args.out) / VISU).mkdir(parents=True, exist_ok=True)
-    if proc == 0 and not (as_path(args.out) / SETTINGS).is_file():
-        _write_json(as_path(args.out) / SETTINGS, settings)
-    generated = generate(weights, clip, config, mps_cfg, s, source, ids, args.out,
-                         progress=not args.no_progress and proc == 0, say=say, mesh=mesh)
-    barrier("lip_jax_eval_images")
-    written = _written(args.out)
-    missing = [i for i in ids if image_path(args.out, i, 0) not in written]
-    if missing:
-        raise UsageError(f"{args.out}: {len(missing)} images missing after sampling (e.g. "
-                         f"{image_path(args.out, missing[0], 0)}); is --out on storage shared by every host?")
-
-    result = compute_metrics(source, ids, args.out, s, mps_cfg.img_size, clip=clip, lpips_params=lpips_params,
-                             inception=inception, ref_stats=ref_stats, say=say)
-    if proc == 0:
-        result["settings"] = dict(settings, clip=clip_from, clip_config=clip and dataclasses.asdict(clip[1]),
-                                  lpips=args.lpips, fid_weights=args.fid_weights, fid_stats=args.fid_stats,
-                                  processes=nproc)
-        result["counts"].update(sampled_this_run=generated)
-        _write_json(as_path(args.out) / METRICS, result)
-        m = result["metrics"]
-        shown = ", ".join(f"{k} {v:.4g}" if v is not None else f"{k} null" for k, v in m.items())
-        say(f"{shown}")
-        print(f"wrote {os.path.join(args.out, VISU)}/ ({n} x {s['best_n']} images) and "
-              f"{os.path.join(args.out, METRICS)}")
-    barrier("lip_jax_eval_done")
-
-
 # --- settings -------------------------------------------------------------------------------------
 
-def _settings(config) -> dict:
+def eval_settings(config) -> dict:
     """The eval section's values, every one checked (nothing is read or written before this)."""
     if "eval" not in config or "mps" not in config or "vqgan" not in config:
         raise UsageError("config needs `mps`, `vqgan` and `eval` sections (e.g. configs/lip_maskcoco.py)")
@@ -190,25 +83,14 @@ def _settings(config) -> dict:
     return s
 
 
-def _data_root(path: str) -> str:
+def data_root(path: str) -> str:
     # The official MaskCOCO archive nests the layout in eval_visu/.
     if not (as_path(path) / "gt").is_dir() and (as_path(path) / VISU / "gt").is_dir():
         return os.path.join(path, VISU)  # a string join: a URL stays one
     return path
 
 
-def _require_paths(args) -> None:
-    need = [(args.ckpt, "checkpoint"), (args.lpips and args.lpips.split(",")[0], "LPIPS weights"),
-            (args.lpips and "," in args.lpips and args.lpips.split(",", 1)[1], "LPIPS heads"),
-            (args.fid_weights, "Inception weights"), (args.fid_stats, "FID statistics")]
-    if args.clip and not re.match(r"^[\w.-]+/[\w.-]+$", args.clip):  # else possibly a hub name
-        need.append((args.clip, "CLIP weights"))
-    for path, what in need:
-        if path and not as_path(path).exists():
-            raise UsageError(f"{path}: no such {what} file or directory")
-
-
-def _check_guidance(root: str, ids) -> None:
+def check_guidance(root: str, ids) -> None:
     """Every guidance text decodes (UTF-8), read as sampling reads it: a bad file fails now, not
     after hours of sampling."""
     from lip_jax.data.sources import _read_text
@@ -217,12 +99,12 @@ def _check_guidance(root: str, ids) -> None:
         _read_text(os.path.join(root, "guidance", f"{i}.txt"))
 
 
-def _check_settings(out: str, settings: dict) -> None:
+def check_settings(out: str, settings: dict) -> None:
     """Refuse to mix images made with other settings into one output directory."""
     path = as_path(out) / SETTINGS
     if not path.is_file():
         return
-    want = json.loads(json.dumps(settings, default=_jsonable))
+    want = json.loads(json.dumps(settings, default=jsonable))
     try:
         have = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -234,7 +116,7 @@ def _check_settings(out: str, settings: dict) -> None:
                          f"then, {want.get(k)!r} now); use another --out or delete it")
 
 
-def _on_device(weights: dict, model, mps_cfg, mesh) -> dict:
+def on_device(weights: dict, model, mps_cfg, mesh) -> dict:
     """Placed once, not at every batch: MP-S2S and DF-VQGAN split over the mesh by their logical
     axes; the reranker ("clip": (params, ClipConfig)) on the first local device, uncommitted, so
     its program is shared with the CLIP-score metric."""
@@ -262,7 +144,7 @@ def generate(weights, clip, config, mps_cfg, s, source, ids, out, progress=True,
     size, best_n = mps_cfg.img_size, s["best_n"]
     proc, nproc = jax.process_index(), jax.process_count()
     every = batches(len(ids), s["batch_size"])
-    written = _written(out)
+    written = written_images(out)
     unfinished = np.array([not all(image_path(out, ids[i], r) in written for i in range(a, b)
                                    for r in range(best_n)) for a, b in every], bool)
     # Every process must run the same batches: one that any process misses a file of is redone.
@@ -301,7 +183,7 @@ def generate(weights, clip, config, mps_cfg, s, source, ids, out, progress=True,
 
 # --- files ----------------------------------------------------------------------------------------
 
-def _written(out) -> set[str]:
+def written_images(out) -> set[str]:
     """The images already in OUT/eval_visu, as `image_path` names them: one listing, not a request
     per image (on an object store each would be one)."""
     from etils import epath
@@ -310,12 +192,12 @@ def _written(out) -> set[str]:
     return {str(visu / p.name) for p in visu.iterdir()} if visu.is_dir() else set()
 
 
-def _write_json(path, obj) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False, default=_jsonable) + "\n"
+def write_json(path, obj) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False, default=jsonable) + "\n"
     write_atomic(path, text.encode())
 
 
-def _jsonable(x):
+def jsonable(x):
     if isinstance(x, (np.integer, np.floating)):
         return x.item()
     if isinstance(x, tuple):

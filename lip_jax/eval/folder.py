@@ -1,5 +1,6 @@
 """Metrics over a folder of written inpaintings in the evaluation layout (MaskCOCO / MaskFlickr /
-MaskVG / custom), and the helpers the `lip-jax eval` command (lip_jax.app.evaluate) shares with them.
+MaskVG / custom), and the helpers the `lip-jax eval` command (lip_jax.commands.evaluate and its work,
+lip_jax.app.evaluate) shares with them.
 
 OUT/eval_visu/NNNN_RRRR.png is candidate RRRR (0000 = best) of example NNNN. `compute_metrics`
 scores the best candidate of every example against its ground truth: FID, PSNR (whole / outside the

@@ -4,9 +4,8 @@ workdir, SIGTERM and Ctrl-C handled alike (checkpoint, then a non-zero exit), an
 moves the parameters by more than `train.max_update_ratio` times their norm, changes nothing; a
 run of such steps ends the run).
 
-Exit codes (lip_jax.cli): 0 finished, 2 bad input, 3 diverged, 74 a checkpoint could not be
-written (disk full, storage gone; the previous checkpoint is intact), 75 interrupted with a
-checkpoint saved (rerun the same command to resume).
+Each fault has its exit code here (DIVERGED_EXIT, SAVE_FAILED_EXIT, INTERRUPTED_EXIT); the list of
+every exit code of `lip-jax` and what it means is lip_jax.cli's docstring.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The work of `lip-jax convert`: every weight kind, PyTorch file <-> orbax directory, both directions.
+"""`lip-jax convert`: every weight kind, PyTorch file <-> orbax directory, both directions.
 
 The direction follows `--from`: a file (or a Hugging Face CLIP directory) is read as PyTorch and
 written as an orbax directory; an orbax directory is written back as a PyTorch `.pth`.
@@ -22,9 +22,9 @@ import os
 import re
 
 from lip_jax import ranges
-from lip_jax.weights.load import clip_config_of, load_orbax, load_vqgan_with_discriminator, orbax_template, to_local
 from lip_jax.config import UsageError, load_config
 from lip_jax.app.outputs import check_dir, check_file, distinct
+from lip_jax.commands._args import config_arg
 from lip_jax.paths import is_url, path as as_path
 
 KINDS = ("dfvqgan", "lip", "clip", "lpips", "inception")
@@ -68,6 +68,32 @@ def _is_hf_dir(path: str) -> bool:
 
 
 # --- the command ----------------------------------------------------------------------------------
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("convert", help="PyTorch checkpoint <-> orbax directory, every weight kind (needs "
+                                              "the torch extra: pip install 'lip-jax[torch]')",
+                              description="Convert a PyTorch weight file to an orbax directory (--from is a file) "
+                                          "or back (--from is an orbax directory or a training workdir). Kinds: "
+                                          + ", ".join(KINDS) + "; without --kind it is read from the keys. Needs "
+                                          "PyTorch: pip install 'lip-jax[torch]'.")
+    p.add_argument("--kind", choices=KINDS, help="weight kind (default: detected from --from)")
+    config_arg(p, "configs/dfvqgan_imagenet.py (dfvqgan) or configs/lip_maskcoco.py (lip)", required=False)
+    p.add_argument("--from", dest="src", required=True, help="PyTorch file (or HF CLIP directory), orbax "
+                                                             "directory or training workdir")
+    p.add_argument("--to", dest="dst", required=True, help="orbax directory or .pth file (must not exist, "
+                                                           "unless --overwrite)")
+    p.add_argument("--heads", help="lpips: the LPIPS heads file (lpips/taming vgg.pth), read with the "
+                                   "torchvision VGG16 --from, or written beside --to")
+    p.add_argument("--clip-config", help="clip (and the lip checkpoint's clip_sim): CLIP preset when the "
+                                         "head counts are not width / 64, e.g. tiny")
+    p.add_argument("--only", choices=("mps", "vqgan"),
+                   help="lip, .pth -> orbax: write only this part (mps: for train.init_ckpt; vqgan: for vqgan_ckpt)")
+    p.add_argument("--axial-naming", choices=("underscore", "dot"), default="underscore",
+                   help="lip, orbax -> .pth: axial positional embedding keys weights_0 (release) or weights.0")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --to (a .pth file, or an "
+                                                            "orbax directory; nothing else)")
+    return p
+
 
 def run(args) -> None:
     from lip_jax.weights.errors import ConversionError
@@ -129,6 +155,7 @@ def _is_orbax_dir(path: str) -> bool:
 def _detect(src: str, to_orbax: bool, config_spec: str | None) -> str:
     """The kind from the keys; failing that, from the config's sections (mps: lip, vqgan: dfvqgan)."""
     from lip_jax.weights import torch_io
+    from lip_jax.weights.load import orbax_template
 
     if _is_hf_dir(src):
         return "clip"
@@ -225,6 +252,8 @@ def _torch_to_orbax(kind: str, src: str, dst: str, args) -> None:
 
 def _orbax_to_torch(kind: str, src: str, dst: str, args) -> None:
     from lip_jax.weights import torch_io
+    from lip_jax.weights.load import (clip_config_of, load_orbax, load_vqgan_with_discriminator, orbax_template,
+                                      to_local)
 
     wrap = kind in ("dfvqgan", "lip")  # the official releases are {"model": state_dict}
     if kind == "dfvqgan":

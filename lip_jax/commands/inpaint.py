@@ -1,46 +1,54 @@
-"""The work behind `lip-jax train`, `inpaint` and `reconstruct` (argument parsing stays in cli.py).
+"""`lip-jax inpaint`: fill the masked region of an image following a text.
 
 Every input is read and checked before the work starts; outputs are written at the end.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 import time
 
 import numpy as np
 
+from lip_jax.app.outputs import check_file, distinct
+from lip_jax.images import write_image
+from lip_jax.commands._args import OVERRIDES, config_arg
 from lip_jax.config import UsageError, apply_overrides, load_config
-from lip_jax.app.outputs import check_file, distinct, save_npy
-from lip_jax.images import check_mask, read_image, read_mask, to_uint8, write_image
-from lip_jax.paths import path
 
 
-def config_of(args):
-    """The command's config file with its `--config.k=v` overrides applied."""
-    config = load_config(args.config)
-    apply_overrides(config, args.overrides)
-    return config
+def add_parser(subparsers):
+    p = subparsers.add_parser("inpaint", help="fill the masked region of an image following a text",
+                              description="Language-guided inpainting with NUWA-LIP. The image comes back at its "
+                                          "own size: a window of the model's resolution around the hole is "
+                                          "inpainted and only the hole is pasted back (--no-composite: the "
+                                          "window's whole output). A mask covering the whole image generates from "
+                                          "the text alone; an empty --text is unconditional on text.",
+                              epilog=OVERRIDES)
+    config_arg(p, "configs/mps_coco.py")
+    p.add_argument("--ckpt", required=True, help="stage-2 workdir (or its params/), orbax {mps, vqgan} from "
+                                                 "lip-jax convert, or the official NUWA-LIP .pth")
+    p.add_argument("--image", required=True)
+    p.add_argument("--mask", required=True, help="image file, non-zero = region to fill (alpha is ignored)")
+    p.add_argument("--invert-mask", action="store_true", help="the mask marks the region to keep")
+    p.add_argument("--text", required=True, help='guidance text ("" = none)')
+    p.add_argument("--num-samples", type=int, help="candidates (default: config sample.num_samples)")
+    p.add_argument("--top-k", type=int, help="top-k filtering (default: config sample.top_k)")
+    p.add_argument("--temperature", type=float, help="(default: config sample.temperature)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--composite", action=argparse.BooleanOptionalAction, default=True,
+                   help="paste only the hole back into the image (default: on)")
+    p.add_argument("--clip", help="CLIP reranker: OpenAI ViT-B-32.pt, HF CLIPModel dir or hub name, orbax dir "
+                                  "(default: the checkpoint's clip_sim if it has one, else no reranking)")
+    p.add_argument("--clip-config", help="CLIP preset when the sizes cannot be read from --clip")
+    p.add_argument("--out", required=True, help="output PNG: the best candidate, at the image's size")
+    p.add_argument("--grid", help="also write a PNG: input with hole, mask, every candidate (best first)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out / --grid if they exist")
+    return p
 
 
-def train(args) -> None:
-    config = config_of(args)
-    if args.print_config:
-        print(config)
-        return
-    if not args.workdir:
-        raise UsageError("train needs --workdir DIR")
-    if "stage" not in config or "train" not in config:
-        raise UsageError(f"{args.config}: not a training config (needs `stage` and `train`; "
-                         f"configs/shapes_demo.py takes :stage1 or :stage2)")
-    from lip_jax.train.trainer import train as run_training
-
-    result = run_training(config, args.workdir)
-    print(f"trained to step {result['step']}; inference weights in {path(args.workdir) / 'params'}")
-
-
-def inpaint(args) -> None:
+def run(args) -> None:
     from lip_jax.app import inference
     from lip_jax.app.pipeline import Inpainter, check_config, read_inputs, sampling
 
@@ -90,27 +98,6 @@ def inpaint(args) -> None:
     print("wrote " + " and ".join(written))
 
 
-def reconstruct(args) -> None:
-    from lip_jax.weights.load import load_vqgan
-    from lip_jax.app.pipeline import reconstruct as run_reconstruct
-
-    cfg = config_of(args).vqgan
-    overwrite = getattr(args, "overwrite", False)
-    distinct((args.out, "--out"), (args.npy, "--npy"))
-    check_file(args.out, "--out", overwrite)
-    if args.npy:
-        check_file(args.npy, "--npy", overwrite)
-    image = read_image(args.image)
-    mask = check_mask(read_mask(args.mask), image.shape[:2], args.mask)
-    image, mask = to_model_size(image, mask, cfg.resolution, args.image)
-    params = load_vqgan(args.ckpt, cfg)
-    out = run_reconstruct(params, cfg, image, mask)
-    write_image(to_uint8(out), args.out)
-    if args.npy:
-        save_npy(out[None].astype(np.float32), args.npy)
-    print(f"wrote {args.out}" + (f" and {args.npy}" if args.npy else ""))
-
-
 def _check_text(text: str) -> None:
     """--text is encoded as UTF-8 by the tokenizer: bytes that are not UTF-8 in the command line
     (kept by Python as lone surrogates) are a one-line error, not a traceback mid-sampling."""
@@ -120,21 +107,6 @@ def _check_text(text: str) -> None:
         bad = e.object[e.start]
         shown = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"U+{ord(bad):04X}"
         raise UsageError(f"--text: not valid UTF-8 ({shown} at character {e.start}); pass the text in UTF-8") from None
-
-
-def to_model_size(image: np.ndarray, mask: np.ndarray, size: int, what: str):
-    """The model-resolution window around the hole, cut and resized exactly as `lip-jax inpaint`
-    cuts it (lip_jax.app.photo.to_model), so both commands see the same pixels; a note when the
-    window is not the whole image."""
-    from lip_jax.app import photo
-
-    pixels, holes, window = photo.to_model(image, mask, size)
-    if image.shape[:2] != (size, size):
-        print(f"note: {what}: reconstructing the {window.side}x{window.side} window at ({window.left}, "
-              f"{window.top}) of the {image.shape[1]}x{image.shape[0]} image"
-              + (f", resized to the model resolution {size}x{size}" if window.side != size else ""),
-              file=sys.stderr)
-    return pixels, holes
 
 
 def _row(tiles: list[np.ndarray], gap: int = 2) -> np.ndarray:

@@ -1,0 +1,18 @@
+"""What the commands share about arguments: `--config FILE[:arg]` and its `--config.k=v` overrides."""
+
+from __future__ import annotations
+
+from lip_jax.config import apply_overrides, load_config
+
+OVERRIDES = "--config.KEY=VALUE overrides any config field (typed like the field), e.g. --config.train.lr=1e-4"
+
+
+def config_arg(p, example: str, required: bool = True) -> None:
+    p.add_argument("--config", required=required, help=f"config file[:arg], e.g. {example}. {OVERRIDES}")
+
+
+def config_of(args):
+    """The command's config file with its `--config.k=v` overrides applied."""
+    config = load_config(args.config)
+    apply_overrides(config, args.overrides)
+    return config
