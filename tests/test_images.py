@@ -81,17 +81,34 @@ def test_check_mask_messages():
         check_mask(np.zeros((4, 6), bool), (4, 6), "mask", inverted=True)
 
 
-def test_reconstruct_and_inpaint_cut_a_photo_the_same_way(monkeypatch):
-    """`lip-jax reconstruct` and `inpaint` give the model the same pixels for the same photo."""
-    from lip_jax.app import commands, photo
+def test_reconstruct_and_inpaint_cut_a_photo_the_same_way(monkeypatch, tmp_path):
+    """`lip-jax reconstruct` gives the model the pixels `Inpainter` gives it for the same photo
+    (photo.to_model), and writes the result back at the photo's size."""
+    from lip_jax.app import photo, pipeline
+    from lip_jax.cli import main
+    from lip_jax.weights import load
 
     rng = np.random.default_rng(3)
     image = rng.integers(0, 256, (90, 150, 3), dtype=np.uint8)
     mask = np.zeros((90, 150), bool)
     mask[20:70, 60:130] = True
-    size = 32
-    pixels, holes = commands.to_model_size(image, mask, size, "photo.png")
-    want_pixels, want_holes, _ = photo.to_model(image, mask, size)   # what Inpainter.__call__ cuts
-    assert pixels.shape == (size, size, 3)
-    np.testing.assert_array_equal(pixels, want_pixels)
-    np.testing.assert_array_equal(holes, want_holes)
+    Image.fromarray(image).save(tmp_path / "photo.png")
+    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    seen = {}
+
+    def fake_reconstruct(params, cfg, pixels, holes):
+        seen.update(pixels=pixels, holes=holes)
+        return np.zeros(pixels.shape, np.float32)
+
+    monkeypatch.setattr(load, "load_vqgan", lambda path, cfg: {})
+    monkeypatch.setattr(pipeline, "reconstruct", fake_reconstruct)
+    rc = main(["reconstruct", "--config", "configs/test_stage1.py", "--ckpt", str(tmp_path), "--image",
+               str(tmp_path / "photo.png"), "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "o.png")])
+    assert rc == 0
+    want_pixels, want_holes, window = photo.to_model(image, mask, 32)  # what Inpainter.__call__ cuts
+    np.testing.assert_array_equal(seen["pixels"], want_pixels)
+    np.testing.assert_array_equal(seen["holes"], want_holes)
+    out = np.asarray(Image.open(tmp_path / "o.png"))
+    assert out.shape == image.shape
+    np.testing.assert_array_equal(out, photo.paste(image, np.full((32, 32, 3), 128, np.uint8), window, mask,
+                                                   composite=False))
