@@ -110,3 +110,18 @@ def _parse_like(old, text: str):
     if isinstance(old, (tuple, list)) and isinstance(value, (tuple, list)):
         return type(old)(value)
     return value
+
+
+def to_record(config) -> dict:
+    """A config as plain JSON data (tuples become lists), as it is saved beside the weights."""
+    import json
+
+    data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return json.loads(json.dumps(data, sort_keys=True, default=lambda v: list(v) if isinstance(v, tuple) else str(v)))
+
+
+def from_record(record: dict):
+    """A saved config back as a ConfigDict that commands read like a config file's."""
+    import ml_collections
+
+    return ml_collections.ConfigDict(record)

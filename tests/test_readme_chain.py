@@ -16,9 +16,9 @@ from lip_jax.data.shapes import Shapes
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def readme_block(marker: str) -> list[str]:
+def readme_block(marker: str, lang: str = "") -> list[str]:
     text = open(os.path.join(ROOT, "README.md")).read()
-    block = re.search(rf"<!-- {marker} -->\n```\n(.*?)```\n<!-- /{marker} -->", text, re.S)
+    block = re.search(rf"<!-- {marker} -->\n```{lang}\n(.*?)```\n<!-- /{marker} -->", text, re.S)
     assert block, f"README.md has no {marker} block"
     return [line for line in block.group(1).splitlines() if line.strip()]
 
@@ -62,6 +62,11 @@ def test_readme_chain_runs_as_written(user_dir, capsys):
     np.testing.assert_array_equal(np.asarray(Image.open(root / "filled_from_pth.png")), filled)
     metrics = json.load(open(root / "runs/chain/eval/metrics.json"))
     assert metrics["counts"]["examples"] == 2 and metrics["metrics"]["psnr"] is not None
+    # The Python example, as written, on the chain's workdir (its weights carry their config).
+    scope: dict = {}
+    exec("\n".join(readme_block("python", "python")), scope)
+    assert scope["out"].images[0].shape == photo.shape
+    np.testing.assert_array_equal(scope["out"].images[0][~hole], photo[~hole])
 
 
 def test_train_help_lists_its_flags_and_the_config_printer(capsys):

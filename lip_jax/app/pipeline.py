@@ -175,18 +175,16 @@ class Inpainter:
         self.clip = (put(weights["clip"][0]), weights["clip"][1]) if weights.get("clip") else None
 
     @classmethod
-    def load(cls, ckpt: str, config, *, clip: str | None = None, clip_config: str | None = None,
+    def load(cls, ckpt: str, config=None, *, clip: str | None = None, clip_config: str | None = None,
              mesh=None) -> "Inpainter":
         """`ckpt`: a stage-2 workdir (or its params/), an orbax {mps, vqgan} or the official .pth;
-        `config`: a ConfigDict or a config file spec with `mps` and `vqgan` sections; `clip`: a
+        `config`: a ConfigDict or a config file spec with `mps` and `vqgan` sections, optional where
+        the checkpoint records its config (it must then agree on every model field); `clip`: a
         reranker (default: the checkpoint's clip_sim, if it has one)."""
-        from lip_jax.weights.load import load_clip_any, load_lip
-        from lip_jax.config import load_config
+        from lip_jax.weights.load import config_for, load_clip_any, load_lip
 
-        if isinstance(config, str):
-            spec, config = config, load_config(config)
-        else:
-            spec = "config"
+        spec = config if isinstance(config, str) else str(ckpt) if config is None else "config"
+        config = config_for(ckpt, config)
         check_config(config, spec)
         weights = load_lip(ckpt, config.mps, config.vqgan)
         if clip:

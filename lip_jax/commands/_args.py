@@ -8,7 +8,9 @@ OVERRIDES = "--config.KEY=VALUE overrides any config field (typed like the field
 
 
 def config_arg(p, example: str, required: bool = True) -> None:
-    p.add_argument("--config", required=required, help=f"config file[:arg], e.g. {example}. {OVERRIDES}")
+    optional = "" if required else (" Optional where --ckpt records its config (what lip-jax train and lip-jax "
+                                    "convert write); given both, they must agree on every model field.")
+    p.add_argument("--config", required=required, help=f"config file[:arg], e.g. {example}.{optional} {OVERRIDES}")
 
 
 def config_of(args):

@@ -22,7 +22,7 @@ import os
 import re
 
 from lip_jax import ranges
-from lip_jax.config import UsageError, load_config
+from lip_jax.config import UsageError, apply_overrides, load_config
 from lip_jax.app.outputs import check_dir, check_file, distinct
 from lip_jax.commands._args import config_arg
 from lip_jax.paths import is_url, path as as_path
@@ -175,23 +175,31 @@ def _detect(src: str, to_orbax: bool, config_spec: str | None) -> str:
     return kind
 
 
-def _model_config(args, kind: str):
-    
-    if not args.config:
+def _model_config(args, kind: str, saved_from: str | None = None):
+    """The model's config: --config (with its overrides), or for an orbax --from the config saved
+    with it (a --config given beside it must agree on the model fields)."""
+    if saved_from is not None:
+        from lip_jax.weights.load import config_for
+
+        config = config_for(saved_from, args.config, args.overrides)
+    elif not args.config:
         raise UsageError(f"--kind {kind} needs --config (the model it belongs to)")
-    config = load_config(args.config)
+    else:
+        config = load_config(args.config)
+        apply_overrides(config, args.overrides)
+    spec = args.config or saved_from
     ranges.check_config(config)
     need = ("vqgan",) if kind == "dfvqgan" else ("mps", "vqgan")
     missing = [s for s in need if s not in config]
     if missing:
-        raise UsageError(f"{args.config}: no {' and '.join(missing)} section for --kind {kind}")
+        raise UsageError(f"{spec}: no {' and '.join(missing)} section for --kind {kind}")
     if kind == "lip":
         from lip_jax.app.pipeline import check_models
 
         try:
             check_models(config.vqgan, config.mps)
         except ValueError as e:
-            raise UsageError(f"{args.config}: {e}") from e
+            raise UsageError(f"{spec}: {e}") from e
     return config
 
 
@@ -206,8 +214,8 @@ def _torch_to_orbax(kind: str, src: str, dst: str, args) -> None:
     if kind == "dfvqgan":
         from lip_jax.weights.dfvqgan import training_from_torch
 
-        cfg = _model_config(args, kind).vqgan
-        tree, n_lpips = training_from_torch(torch_io.load_torch_checkpoint(src), cfg, what=src)
+        config = _model_config(args, kind)
+        tree, n_lpips = training_from_torch(torch_io.load_torch_checkpoint(src), config.vqgan, what=src)
         if n_lpips:
             print(f"left out {n_lpips} perceptual_loss.* keys (the frozen LPIPS: --kind lpips)")
     elif kind == "lip":
@@ -247,7 +255,8 @@ def _torch_to_orbax(kind: str, src: str, dst: str, args) -> None:
 
         params, stats = inception_from_torch(torch_io.load_torch_checkpoint(src), what=src)
         tree = {"params": params, "batch_stats": stats}
-    save_params(dst, tree, overwrite=overwrite)
+    # the model's config travels with its weights: inpaint, eval, reconstruct need no --config
+    save_params(dst, tree, overwrite=overwrite, config=config if kind in ("dfvqgan", "lip") else None)
 
 
 def _orbax_to_torch(kind: str, src: str, dst: str, args) -> None:
@@ -259,7 +268,7 @@ def _orbax_to_torch(kind: str, src: str, dst: str, args) -> None:
     if kind == "dfvqgan":
         from lip_jax.weights import dfvqgan as conv_vq
 
-        cfg = _model_config(args, kind).vqgan
+        cfg = _model_config(args, kind, saved_from=src).vqgan
         # checked leaf by leaf against the config on load; the discriminator, if stored, comes along
         state = conv_vq.training_to_torch(*to_local(load_vqgan_with_discriminator(src, cfg)), what=src)
     elif kind == "lip":
@@ -268,7 +277,7 @@ def _orbax_to_torch(kind: str, src: str, dst: str, args) -> None:
         from lip_jax.weights.clip import clip_to_openai
         from lip_jax.weights.errors import CheckpointError
 
-        config = _model_config(args, kind)
+        config = _model_config(args, kind, saved_from=src)
         stored = orbax_template(src)
         if not {"mps", "vqgan"} <= set(stored):
             raise CheckpointError(f"{src}: expected an orbax tree with 'mps' and 'vqgan' (a full NUWA-LIP "

@@ -15,7 +15,7 @@ import time
 
 from lip_jax.app.outputs import check_dir
 from lip_jax.commands._args import OVERRIDES, config_arg
-from lip_jax.config import UsageError, apply_overrides, load_config
+from lip_jax.config import UsageError
 from lip_jax.paths import path as as_path
 
 
@@ -25,7 +25,7 @@ def add_parser(subparsers):
                               description="Evaluate NUWA-LIP on a folder in the MaskCOCO layout (gt/, "
                                           "mask/NNNN.mask.png, guidance/, mask_img/). Resumable: rerun the same "
                                           "command after an interruption.", epilog=OVERRIDES)
-    config_arg(p, "configs/lip_maskcoco.py")
+    config_arg(p, "configs/lip_maskcoco.py", required=False)
     p.add_argument("--ckpt", required=True, help="stage-2 workdir, orbax {mps, vqgan[, clip]} or official .pth")
     p.add_argument("--data", required=True, help="evaluation folder (gt/, mask/, guidance/[, mask_img/]), "
                                                  "or its parent holding eval_visu/")
@@ -49,15 +49,13 @@ def run(args) -> None:
     import jax
 
     from lip_jax.app import inference, pipeline
-    from lip_jax.weights.load import fingerprint, load_clip_any, load_inception_any, load_lip, load_lpips_any
+    from lip_jax.weights.load import config_for, fingerprint, load_clip_any, load_inception_any, load_lip, load_lpips_any
     from lip_jax.app.evaluate import (METRICS, SAMPLING_KEYS, SETTINGS, check_guidance, check_settings, data_root,
                                       eval_settings, generate, on_device, write_json, written_images)
     from lip_jax.data import open_source
     from lip_jax.eval.folder import VISU, barrier, check_masks, compute_metrics, image_path
 
-    config = load_config(args.config)
-    inference.with_mesh_section(config)
-    apply_overrides(config, args.overrides)
+    config = config_for(args.ckpt, args.config, args.overrides, prepare=inference.with_mesh_section)
     s = eval_settings(config)
     if config.get("distributed", None) is not None:  # as training: flags, or TPU / SLURM environments
         from lip_jax.train.trainer import initialize_distributed
@@ -72,7 +70,7 @@ def run(args) -> None:
     try:
         model, mps_cfg = pipeline.check_models(config.vqgan, config.mps)
     except ValueError as e:
-        raise UsageError(f"{args.config}: {e}") from e
+        raise UsageError(f"{args.config or args.ckpt}: {e}") from e
     try:
         mesh = inference.mesh_of(config)
     except ValueError as e:

@@ -15,7 +15,7 @@ import numpy as np
 from lip_jax.app.outputs import check_file, distinct
 from lip_jax.images import write_image
 from lip_jax.commands._args import OVERRIDES, config_arg
-from lip_jax.config import UsageError, apply_overrides, load_config
+from lip_jax.config import UsageError
 
 
 def add_parser(subparsers):
@@ -26,7 +26,7 @@ def add_parser(subparsers):
                                           "window's whole output). A mask covering the whole image generates from "
                                           "the text alone; an empty --text is unconditional on text.",
                               epilog=OVERRIDES)
-    config_arg(p, "configs/mps_coco.py")
+    config_arg(p, "configs/mps_coco.py", required=False)
     p.add_argument("--ckpt", required=True, help="stage-2 workdir (or its params/), orbax {mps, vqgan} from "
                                                  "lip-jax convert, or the official NUWA-LIP .pth")
     p.add_argument("--image", required=True)
@@ -56,10 +56,11 @@ def run(args) -> None:
         print(f"lip-jax inpaint: {msg}", file=sys.stderr, flush=True)
 
     # every input and output is checked before the weights are read
-    config = load_config(args.config)
-    inference.with_mesh_section(config)  # --config.mesh.*: the candidates' layout over the devices
-    apply_overrides(config, args.overrides)
-    check_config(config, args.config)
+    from lip_jax.weights.load import config_for
+
+    # --config.mesh.*: the candidates' layout over the devices
+    config = config_for(args.ckpt, args.config, args.overrides, prepare=inference.with_mesh_section)
+    check_config(config, args.config or args.ckpt)
     try:
         mesh = inference.mesh_of(config)
     except ValueError as e:

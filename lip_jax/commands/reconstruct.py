@@ -7,13 +7,13 @@ import sys
 import numpy as np
 
 from lip_jax.app.outputs import check_file, distinct, save_npy
-from lip_jax.commands._args import OVERRIDES, config_arg, config_of
+from lip_jax.commands._args import OVERRIDES, config_arg
 
 
 def add_parser(subparsers):
     p = subparsers.add_parser("reconstruct", help="encode a defective image with DF-VQGAN and decode it",
                               epilog=OVERRIDES)
-    config_arg(p, "configs/dfvqgan_imagenet.py")
+    config_arg(p, "configs/dfvqgan_imagenet.py", required=False)
     p.add_argument("--ckpt", required=True, help="stage-1 workdir (or its params/), orbax DF-VQGAN or official "
                                                  ".pth")
     p.add_argument("--image", required=True)
@@ -28,9 +28,9 @@ def run(args) -> None:
     from lip_jax.app import photo
     from lip_jax.app.pipeline import reconstruct as run_reconstruct
     from lip_jax.images import check_mask, read_image, read_mask, to_uint8, write_image
-    from lip_jax.weights.load import load_vqgan
+    from lip_jax.weights.load import config_for, load_vqgan
 
-    cfg = config_of(args).vqgan
+    cfg = config_for(args.ckpt, args.config, args.overrides).vqgan
     overwrite = getattr(args, "overwrite", False)
     distinct((args.out, "--out"), (args.npy, "--npy"))
     check_file(args.out, "--out", overwrite)

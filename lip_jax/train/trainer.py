@@ -344,7 +344,7 @@ def _train(config, workdir, max_steps: int | None, stop) -> dict:
             raise faults.Interrupted(manager.latest_step() or 0, stop.signum)
         if done == total:  # only a finished run leaves inference weights
             with faults.saving(manager, done, what=str(workdir / PARAMS)):
-                save_params(workdir / PARAMS, task.export(state.params), overwrite=True)
+                save_params(workdir / PARAMS, task.export(state.params), overwrite=True, config=config)
         last["steps_per_s"] = (done - start) / max(time.time() - t0, 1e-9)
         return {"step": done, "metrics": last, "state": state, "skipped_examples": data_iter.skipped}
 

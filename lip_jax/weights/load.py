@@ -1,6 +1,9 @@
-"""Every checkpoint this project accepts, loaded one way: orbax directories (ours, from `lip-jax
+"""The loaders of every checkpoint this project accepts: orbax directories (ours, from `lip-jax
 train` or `lip-jax convert`; a training workdir stands for its `params/`) and the official PyTorch
 files. Each loader returns one shape; errors name the file.
+
+  config_for      the config to run a checkpoint with: the one saved with it, or a config file
+                  that must agree with it on every model field
 
   load_lip        NUWA-LIP: {"mps", "vqgan"[, "clip": (params, ClipConfig)]}
   load_vqgan      DF-VQGAN params (a stage-1 output, a stage-2 output's DF-VQGAN, or a .pth)
@@ -241,3 +244,80 @@ def _files(root):
             yield from _files(child)
         else:
             yield child
+
+
+# Fields that change how a model computes, not what its weights mean: a config may set them
+# differently from the one the weights were saved with (e.g. bfloat16 inference of float32 training).
+COMPUTE_ONLY = frozenset({"dtype", "remat", "scan_layers", "attention", "attn_dropout", "ff_dropout"})
+
+
+def _model_fields(section: str, cfg) -> dict:
+    """A model section with its defaults filled in, so that two spellings of one model compare equal."""
+    import dataclasses
+
+    from lip_jax.models import dfvqgan
+    from lip_jax.models.mps2s import MPSConfig
+
+    if section == "mps":
+        fields = dataclasses.asdict(MPSConfig.from_any(dict(cfg)))
+    else:
+        model = dfvqgan.from_config(cfg)
+        fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.name not in ("parent", "name")}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items() if k not in COMPUTE_ONLY}
+
+
+def model_differences(config, saved) -> list[str]:
+    """`section.field: value here, value saved` for every model field (vqgan, mps) where `config`
+    and the saved config disagree."""
+    out = []
+    for section in ("vqgan", "mps"):
+        if section in config and section in saved:
+            try:
+                mine, theirs = _model_fields(section, config[section]), _model_fields(section, saved[section])
+            except (TypeError, ValueError, KeyError) as e:
+                return [f"{section}: {e}"]
+            out += [f"{section}.{k} is {mine.get(k)!r}, the checkpoint's {theirs.get(k)!r}"
+                    for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)]
+    return out
+
+
+def checkpoint_config(path: PathLike):
+    """The config saved with an orbax checkpoint as a ConfigDict, or None (a PyTorch file, or an
+    orbax directory that records none)."""
+    from lip_jax.config import from_record
+    from lip_jax.weights.store import saved_config
+
+    p = as_path(path)
+    if not p.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file or directory")
+    if not p.is_dir():
+        return None
+    record = saved_config(p)
+    return None if record is None else from_record(record)
+
+
+def config_for(ckpt: PathLike, spec=None, overrides=(), prepare=None):
+    """The config to run `ckpt` with: `spec` if given (a config file, or a ConfigDict), else the
+    one saved with the checkpoint; then `prepare(config)` (a command adding sections it defaults) and the
+    `--config.k=v` overrides. Where the checkpoint records a config, the result must agree with it
+    on every model field: a config for another model is one line, never a shape error later."""
+    from lip_jax.config import apply_overrides, load_config
+
+    saved = checkpoint_config(ckpt)
+    if spec is None and saved is None:
+        raise UsageError(f"{ckpt}: records no config (an official .pth, or weights converted without one): "
+                         f"pass --config")
+    if isinstance(spec, str):
+        config = load_config(spec)
+    else:
+        config = (saved if spec is None else spec).copy_and_resolve_references()
+    if prepare is not None:
+        prepare(config)
+    apply_overrides(config, overrides)
+    if saved is not None:
+        diffs = model_differences(config, saved)
+        if diffs:
+            source = spec if isinstance(spec, str) else "the config" if spec is not None else "the --config.* overrides"
+            raise UsageError(f"{source}: does not match the config saved with {ckpt} ({len(diffs)} model "
+                             f"field(s): {'; '.join(diffs[:3])})")
+    return config

@@ -13,6 +13,9 @@ bandwidth, on any mesh and any number of hosts, so a checkpoint verifies however
 
 from __future__ import annotations
 
+import json
+import zlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -21,6 +24,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from lip_jax.config import to_record
 from lip_jax.paths import PathLike, path as as_path
 from lip_jax.weights.errors import CheckpointError
 
@@ -28,16 +32,44 @@ from lip_jax.weights.errors import CheckpointError
 PARAMS = "params"
 
 
-def save_params(directory: PathLike, params, overwrite: bool = False) -> None:
+def save_params(directory: PathLike, params, overwrite: bool = False, config=None) -> None:
     """Write a parameter tree as an orbax checkpoint. orbax writes into a temporary directory and
     renames it at the end (on gs://: writes a commit_success.txt last), so a reader never sees half
-    a tree; `overwrite` replaces an old one. A `gs://` URL reaches orbax unchanged."""
+    a tree; `overwrite` replaces an old one. A `gs://` URL reaches orbax unchanged. `config` (the
+    resolved config the weights belong to) is recorded beside the arrays with its own checksum, so
+    the checkpoint loads without a config file."""
     directory = as_path(directory)
     if directory.exists() and not overwrite:
         raise CheckpointError(f"{directory}: already exists, refusing to overwrite")
     params = nn.unbox(params)
+    meta = {"checksums": checksums(params)}
+    if config is not None:
+        record = to_record(config)
+        meta.update(config=record, config_checksum=_config_sum(record))
     with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(directory, params, force=overwrite, custom_metadata={"checksums": checksums(params)})
+        ckpt.save(directory, params, force=overwrite, custom_metadata=meta)
+
+
+def _config_sum(record: dict) -> int:
+    return zlib.crc32(json.dumps(record, sort_keys=True).encode())
+
+
+def saved_config(path: PathLike) -> dict | None:
+    """The config recorded with an orbax checkpoint (a workdir stands for its params/), verified
+    against its checksum; None when it records none (written by `lip-jax convert` without a
+    config, or by an older lip-jax)."""
+    directory = resolve(path)
+    try:
+        with ocp.StandardCheckpointer() as ckpt:
+            custom = getattr(ckpt.metadata(directory), "custom_metadata", None) or {}
+    except Exception as e:  # orbax raises many types for a foreign or truncated directory
+        raise CheckpointError(f"{path}: not a readable orbax checkpoint ({type(e).__name__}: {e})") from e
+    record = custom.get("config")
+    if record is None:
+        return None
+    if custom.get("config_checksum") != _config_sum(record):
+        raise CheckpointError(f"{path}: its recorded config fails its checksum: the checkpoint is corrupted")
+    return record
 
 
 def checksums(tree) -> dict[str, int]:
