@@ -97,3 +97,11 @@ def test_convert_records_the_config_and_reads_it_back(ckpt, tmp_path, capsys):
                "--out", str(tmp_path / "r.png")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "records no config" in err[0]
+
+
+def test_stage2_refuses_a_dfvqgan_saved_for_another_model(ckpt, tmp_path, capsys):
+    root, _ = ckpt
+    rc = main(["train", "--config", CONFIG, "--workdir", str(tmp_path / "run"), f"--config.vqgan_ckpt={root}",
+               "--config.vqgan.n_e=128", "--config.mps.vqvae_vocab_size=128", "--config.train.total_steps=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "vqgan.n_e is 128, the checkpoint's 256" in err[-1] and "saved for another model" in err[-1]

@@ -28,7 +28,7 @@ from lip_jax.paths import path
 from lip_jax.train import faults
 from lip_jax.train.checkpoints import DataRestore, DataSave
 from lip_jax.weights.errors import CheckpointError
-from lip_jax.weights.load import load_lpips_any, load_mps, load_vqgan
+from lip_jax.weights.load import checkpoint_config, load_lpips_any, load_mps, load_vqgan, model_differences
 from lip_jax.weights.store import PARAMS, checksums, save_params, verify
 from lip_jax.train.writer import Progress, Writer
 
@@ -111,6 +111,7 @@ def _stage2_task(config) -> Task:
 
     if not config.get("vqgan_ckpt"):
         raise CheckpointError("stage 2 needs config.vqgan_ckpt: an orbax DF-VQGAN checkpoint (lip-jax convert)")
+    _agrees(config, config.vqgan_ckpt, "vqgan_ckpt", "vqgan")
     vq = load_vqgan(config.vqgan_ckpt, config.vqgan, on_host=False)
     codebook = vq["quantize"]["embedding"]["embedding"]
     init_ckpt = config.train.get("init_ckpt")
@@ -136,9 +137,20 @@ def _stage2_task(config) -> Task:
                 make_step=lambda _: stage2.make_train_step(config),
                 extra=(vq,), batch_keys=("image", "mask", "masked_image", "text_ids"), preview=jax.jit(preview))
     if init_ckpt:
+        _agrees(config, init_ckpt, "train.init_ckpt", "mps")
         task.init_fields = {"params": load_mps(init_ckpt, mcfg, on_host=False)}
     task.export = lambda params: {"mps": params, "vqgan": vq}
     return task
+
+
+def _agrees(config, ckpt, flag: str, section: str) -> None:
+    """Weights saved with a config must be of this config's model: one line naming the field,
+    not a shape error (a PyTorch file records none and is checked by its shapes alone)."""
+    saved = checkpoint_config(ckpt)
+    diffs = model_differences({section: config[section]}, saved) if saved is not None else []
+    if diffs:
+        raise CheckpointError(f"{ckpt} (config.{flag}): saved for another model than this config's: "
+                              + "; ".join(diffs[:3]))
 
 
 def _grid(rows) -> jax.Array:
