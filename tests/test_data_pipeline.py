@@ -164,20 +164,14 @@ def test_a_source_of_only_broken_files_stops_with_an_error(tmp_path, monkeypatch
 
 
 RESUME_SCRIPT = textwrap.dedent("""
-    import hashlib, sys
-    from lip_jax.data import Loader, PipelineConfig, Shapes
-
-    def digest(batch):
-        h = hashlib.sha256()
-        for key in sorted(batch):
-            h.update(key.encode()); h.update(batch[key].tobytes())
-        return h.hexdigest()
+    import sys
+    from etils import epath
+    from lip_jax.train.checkpoints import DataRestore, DataStateHandler
+    from test_data_pipeline import digest, training_loader
 
     if __name__ == "__main__":
-        config = PipelineConfig(image_size=32, batch_size=4, worker_count=2, seed=11,
-                                mask="brush")
-        it = iter(Loader(Shapes(40, 48), config, process_index=0, process_count=1))
-        it.load_state(sys.argv[1])
+        it = training_loader()
+        DataStateHandler().restore(epath.Path(sys.argv[1]), DataRestore(it))
         print(" ".join(digest(next(it)) for _ in range(3)))
 """)
 
@@ -190,17 +184,33 @@ def digest(batch):
     return h.hexdigest()
 
 
+def training_loader():
+    """The iterator training reads (one process, one shard), over small shapes, with workers."""
+    from lip_jax.config import apply_overrides, load_config
+    from lip_jax.train.trainer import HostLoader
+
+    config = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                                      "test_stage1.py"))
+    apply_overrides(config, ["data.source_kwargs.num_examples=40", "data.source_kwargs.image_size=48",
+                             "data.workers=2", "data.seed=11", "data.mask=brush"])
+    return HostLoader(config, process_index=0, process_count=1)
+
+
 def test_iterator_state_restores_in_a_new_process_with_workers(tmp_path):
-    cfg = PipelineConfig(image_size=32, batch_size=4, worker_count=2, seed=11, mask="brush")
-    it = iter(Loader(Shapes(40, 48), cfg, process_index=0, process_count=1))
+    # Through the checkpoint's data item, as training saves and resumes it.
+    from etils import epath
+    from lip_jax.train.checkpoints import DataSave, DataStateHandler
+
+    it = training_loader()
     for _ in range(3):
         next(it)
-    it.save_state(tmp_path / "state.json")
+    DataStateHandler().save(epath.Path(tmp_path), DataSave(it))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard_0-of-1.json"]
     expected = " ".join(digest(next(it)) for _ in range(3))
     script = tmp_path / "resume.py"
     script.write_text(RESUME_SCRIPT)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    result = subprocess.run([sys.executable, str(script), str(tmp_path / "state.json")],
+    result = subprocess.run([sys.executable, str(script), str(tmp_path)],
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == expected

@@ -68,7 +68,7 @@ def test_object_scale_grows_the_shapes_and_keeps_the_captions():
 
 def test_dominant_reads_blurred_shapes_at_the_demos_size():
     """A 4-pixel VQ token blurs edges by about a pixel; the reader must still tell the shapes apart
-    there, each as well as the others (the old fill-ratio thresholds read 73% of blurred triangles)."""
+    there, each as well as the others."""
     from PIL import Image, ImageFilter
 
     src = Shapes(num_examples=150, image_size=32, seed=5, max_objects=1, texture=0.0, object_scale=2.0,

@@ -1,4 +1,4 @@
-"""What checkpoint verification costs: the checksum of every array (lip_jax.train.checkpoints), its
+"""What checkpoint verification costs: the checksum of every array (lip_jax.weights.store), its
 throughput, and the seconds it adds to saving and restoring a parameter tree of a given MP-S2S
 preset (random float32 weights; "cc" is the official stage-2 size, 1.4 B values, 5.7 GB).
 

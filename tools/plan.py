@@ -284,10 +284,6 @@ def _gib(b) -> str:
     return f"{b / GiB:.2f}"
 
 
-def _flops(f) -> str:
-    return f"{f / 1e12:.2f}" if f >= 1e10 else f"{f / 1e9:.3f}G"
-
-
 def markdown(rows) -> str:
     head = ("| recipe | devices | mesh | batch | args GiB | out GiB | temp GiB | peak GiB | matmul TFLOP/dev | "
             "coll. GiB/dev | fits 16/32/80 | largest temporary | compile s |")

@@ -93,10 +93,10 @@ def data_root(path: str) -> str:
 def check_guidance(root: str, ids) -> None:
     """Every guidance text decodes (UTF-8), read as sampling reads it: a bad file fails now, not
     after hours of sampling."""
-    from lip_jax.data.sources import _read_text
+    from lip_jax.data.sources import read_text
 
     for i in ids:
-        _read_text(os.path.join(root, "guidance", f"{i}.txt"))
+        read_text(os.path.join(root, "guidance", f"{i}.txt"))
 
 
 def check_settings(out: str, settings: dict) -> None:

@@ -22,7 +22,6 @@ warning and counted in `iterator.stats`; the iterator state (`get_state` /
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from typing import Callable
 
@@ -352,17 +351,3 @@ class LoaderIterator:
             self._fetch(count_errors=False)
             self._offset = state["offset"]
         self.stats = LoaderStats(**state["stats"])
-
-    def save_state(self, path) -> None:
-        """Write `get_state()` as JSON."""
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.get_state(), f)
-
-    def load_state(self, path) -> None:
-        """Read a file written by `save_state`."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                state = json.load(f)
-        except (OSError, ValueError) as e:
-            raise DataError(f"{path}: cannot read loader state ({e})") from None
-        self.set_state(state)

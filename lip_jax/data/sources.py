@@ -76,7 +76,7 @@ def _nonempty(items: list, where, what: str) -> list:
     return items
 
 
-def _read_text(path) -> str:
+def read_text(path) -> str:
     """First line of a UTF-8 text file (a byte-order mark is dropped); `DataError` naming the file
     if it is not UTF-8."""
     try:
@@ -240,7 +240,7 @@ class MaskEvalFolder:
             raise DataError(f"{masked_path}: size {masked.shape[:2]} differs from "
                             f"its ground truth {image.shape[:2]}")
         return {"image": image, "masked_image": masked, "mask": mask,
-                "text": _read_text(self._path("guidance", name + ".txt")), "id": name}
+                "text": read_text(self._path("guidance", name + ".txt")), "id": name}
 
     def __repr__(self) -> str:
         return f"MaskEvalFolder(root={self.root!r})"
@@ -279,7 +279,7 @@ class ImageFolder:
         image = read_image(_join(self.root, rel))
         caption = self._sidecar(rel, ".txt")
         example = {"image": image, "id": rel,
-                   "text": _read_text(caption) if epath.Path(caption).is_file() else ""}
+                   "text": read_text(caption) if epath.Path(caption).is_file() else ""}
         if self.with_masks:
             example["mask"] = read_mask(self._sidecar(rel, ".mask.png"), image.shape[:2])
         return example

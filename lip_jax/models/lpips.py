@@ -29,7 +29,6 @@ SCALE = (0.458, 0.448, 0.450)
 # a 2x2 max pool precedes stages 2..5). LPIPS taps the ReLU after each stage's last conv.
 VGG16_STAGES = ((0, 2), (5, 7), (10, 12, 14), (17, 19, 21), (24, 26, 28))
 CHANNELS = (64, 128, 256, 512, 512)
-LAYER_NAMES = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
 HEAD_DROPOUT = 0.5
 
 
