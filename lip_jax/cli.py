@@ -14,7 +14,7 @@ import os
 import sys
 
 from lip_jax.commands import convert, demo, evaluate, inpaint, reconstruct, train
-from lip_jax.commands._args import OVERRIDES
+from lip_jax.commands.options import OVERRIDES
 
 COMMANDS = (train, inpaint, evaluate, reconstruct, convert, demo)  # in the order `lip-jax --help` lists them
 

@@ -24,7 +24,7 @@ import re
 from lip_jax import ranges
 from lip_jax.config import UsageError, apply_overrides, load_config
 from lip_jax.app.outputs import check_dir, check_file, distinct
-from lip_jax.commands._args import config_arg
+from lip_jax.commands.options import config_arg
 from lip_jax.paths import is_url, path as as_path
 
 KINDS = ("dfvqgan", "lip", "clip", "lpips", "inception")

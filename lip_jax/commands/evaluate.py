@@ -14,7 +14,7 @@ import sys
 import time
 
 from lip_jax.app.outputs import check_dir
-from lip_jax.commands._args import OVERRIDES, config_arg
+from lip_jax.commands.options import OVERRIDES, config_arg
 from lip_jax.config import UsageError
 from lip_jax.paths import path as as_path
 

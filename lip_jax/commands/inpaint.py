@@ -14,7 +14,7 @@ import numpy as np
 
 from lip_jax.app.outputs import check_file, distinct
 from lip_jax.images import write_image
-from lip_jax.commands._args import OVERRIDES, config_arg
+from lip_jax.commands.options import OVERRIDES, config_arg
 from lip_jax.config import UsageError
 
 

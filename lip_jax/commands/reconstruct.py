@@ -7,7 +7,7 @@ import sys
 import numpy as np
 
 from lip_jax.app.outputs import check_file, distinct, save_npy
-from lip_jax.commands._args import OVERRIDES, config_arg
+from lip_jax.commands.options import OVERRIDES, config_arg
 
 
 def add_parser(subparsers):

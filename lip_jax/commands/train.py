@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lip_jax.commands._args import OVERRIDES, config_arg, config_of
+from lip_jax.commands.options import OVERRIDES, config_arg, config_of
 from lip_jax.config import UsageError
 from lip_jax.paths import path
 
