@@ -303,7 +303,9 @@ def config_for(ckpt: PathLike, spec=None, overrides=(), prepare=None):
     on every model field: a config for another model is one line, never a shape error later."""
     from lip_jax.config import apply_overrides, load_config
 
-    saved = checkpoint_config(ckpt)
+    # A missing checkpoint beside a config file is reported where the weights are read, after
+    # the command has checked the rest of its input.
+    saved = checkpoint_config(ckpt) if spec is None or as_path(ckpt).exists() else None
     if spec is None and saved is None:
         raise UsageError(f"{ckpt}: records no config (an official .pth, or weights converted without one): "
                          f"pass --config")
