@@ -56,6 +56,7 @@ def run(args) -> None:
         print(f"lip-jax inpaint: {msg}", file=sys.stderr, flush=True)
 
     # every input and output is checked before the weights are read
+    check_text(args.text)  # first: it needs no file
     from lip_jax.weights.load import config_for
 
     # --config.mesh.*: the candidates' layout over the devices
@@ -65,7 +66,6 @@ def run(args) -> None:
         mesh = inference.mesh_of(config)
     except ValueError as e:
         raise UsageError(f"--config.mesh: {e}") from e
-    check_text(args.text)
     if args.temperature is not None and not math.isfinite(args.temperature):
         raise UsageError(f"--temperature {args.temperature}: not a finite number")
     overwrite = getattr(args, "overwrite", False)
