@@ -237,9 +237,9 @@ def build(inpainter, scenes: list[dict], scratch: str, say=None) -> gr.Blocks:
                 mask_file = gr.File(label="Or upload a mask (optional; non-zero = hole, the image's size)",
                                     file_types=["image"], type="filepath", elem_id="mask-file")
                 text = gr.Textbox(label="Caption", elem_id="caption", placeholder="a red circle")
-                with gr.Accordion("Sampling", open=False):
+                with gr.Accordion("Sampling", open=False, elem_id="sampling"):
                     num = gr.Slider(1, MAX_CANDIDATES, value=sample.get("num_samples", 2), step=1,
-                                    label="Candidates")
+                                    label="Candidates", elem_id="num-candidates")
                     seed = gr.Number(0, precision=0, label="Seed")
                     top_k = gr.Number(sample.get("top_k", 128), precision=0, label="Top-k")
                     temperature = gr.Number(sample.get("temperature", 1.0), label="Temperature")
