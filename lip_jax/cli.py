@@ -1,4 +1,4 @@
-"""`lip-jax`: NUWA-LIP from the command line — train, inpaint, eval, reconstruct, convert, demo.
+"""`lip-jax`: NUWA-LIP from the command line — train, inpaint, eval, reconstruct, convert, demo, serve.
 
 Every command that takes `--config FILE[:arg]` also takes `--config.key.path=value` overrides.
 Exit codes: 0 the work finished; 2 bad input (one line `lip-jax: error: ...`, never a traceback,
@@ -13,10 +13,10 @@ import argparse
 import os
 import sys
 
-from lip_jax.commands import convert, demo, evaluate, inpaint, reconstruct, train
+from lip_jax.commands import convert, demo, evaluate, inpaint, reconstruct, serve, train
 from lip_jax.commands.options import OVERRIDES
 
-COMMANDS = (train, inpaint, evaluate, reconstruct, convert, demo)  # in the order `lip-jax --help` lists them
+COMMANDS = (train, inpaint, evaluate, reconstruct, convert, demo, serve)  # in the order `lip-jax --help` lists them
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,8 +114,11 @@ def _run(args) -> int:
         _enable_compilation_cache()
         # A signal ends any command within seconds, even mid-compilation; training takes over
         # once its first step ran (a checkpoint, then exit 75).
-        with StopSignals(message="interrupted by {signal}; rerun the same command"):
+        if getattr(args, "own_signals", False):  # serve: Ctrl-C stops the server, exit 0
             args.run(args)
+        else:
+            with StopSignals(message="interrupted by {signal}; rerun the same command"):
+                args.run(args)
     except (UsageError, RangeError, ConversionError, CheckpointError, DataError, ConfigError) as e:
         print(f"lip-jax: error: {e}", file=sys.stderr)
         return 2

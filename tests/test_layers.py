@@ -34,12 +34,12 @@ def test_tools_and_configs_do_not_import_the_cli_or_tests():
 
 
 def test_help_and_argument_errors_load_no_jax():
-    """The command modules import JAX (and flax, orbax, torch) only inside `run`: `lip-jax --help`
-    and a wrong argument answer at once."""
+    """The command modules import JAX (and flax, orbax, torch, gradio) only inside `run`: `lip-jax
+    --help` and a wrong argument answer at once."""
     code = ("import sys\nfrom lip_jax.cli import main\n"
-            "for argv in (['--help'], ['convert', '--help'], ['inpaint'], ['eval', '--data']):\n"
+            "for argv in (['--help'], ['convert', '--help'], ['inpaint'], ['eval', '--data'], ['serve', '--help']):\n"
             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
-            "print(sorted(m for m in ('jax', 'flax', 'orbax', 'torch') if m in sys.modules))")
+            "print(sorted(m for m in ('jax', 'flax', 'orbax', 'torch', 'gradio') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"

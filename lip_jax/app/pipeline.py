@@ -225,6 +225,30 @@ def check_config(config, spec: str) -> None:
         raise UsageError(f"{spec}: {e}") from e
 
 
+def check_text(text, what: str = "--text") -> str:
+    """The caption is a string the tokenizer can encode as UTF-8: bytes that are not UTF-8 (kept by
+    Python as lone surrogates, from a command line) are a one-line UsageError naming `what`, not a
+    traceback mid-sampling."""
+    if not isinstance(text, str):
+        raise UsageError(f"{what}: must be text, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = e.object[e.start]
+        shown = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"U+{ord(bad):04X}"
+        raise UsageError(f"{what}: not valid UTF-8 ({shown} at character {e.start}); pass the text in UTF-8") from None
+    return text
+
+
+def text_tokens(mps_cfg, text: str) -> tuple[int, int]:
+    """(tokens the caption takes with its start and end tokens, the most the model reads): the
+    tokenizer cuts a longer caption silently (as CLIP's does), so a caller can refuse it instead."""
+    from lip_jax.models.tokenizer import get_tokenizer
+
+    cfg = MPSConfig.from_any(mps_cfg)
+    return len(get_tokenizer(cfg.tokenizer, cfg.text_len).encode(text)) + 2, cfg.text_len
+
+
 def read_inputs(image, mask, invert_mask: bool = False) -> tuple[list, list]:
     """Images and masks (one or a list each) -> uint8 photos and bool holes, checked pairwise."""
     images, masks = _as_list(image), _as_list(mask)

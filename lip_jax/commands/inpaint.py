@@ -50,12 +50,13 @@ def add_parser(subparsers):
 
 def run(args) -> None:
     from lip_jax.app import inference
-    from lip_jax.app.pipeline import Inpainter, check_config, read_inputs, sampling
+    from lip_jax.app.pipeline import Inpainter, check_config, check_text, read_inputs, sampling
 
     def say(msg):
         print(f"lip-jax inpaint: {msg}", file=sys.stderr, flush=True)
 
     # every input and output is checked before the weights are read
+    check_text(args.text)  # first: it needs no file
     from lip_jax.weights.load import config_for
 
     # --config.mesh.*: the candidates' layout over the devices
@@ -65,7 +66,6 @@ def run(args) -> None:
         mesh = inference.mesh_of(config)
     except ValueError as e:
         raise UsageError(f"--config.mesh: {e}") from e
-    _check_text(args.text)
     if args.temperature is not None and not math.isfinite(args.temperature):
         raise UsageError(f"--temperature {args.temperature}: not a finite number")
     overwrite = getattr(args, "overwrite", False)
@@ -97,17 +97,6 @@ def run(args) -> None:
     if out.scores is not None:
         say(f"best CLIP score {out.scores[0, 0]:.2f}")
     print("wrote " + " and ".join(written))
-
-
-def _check_text(text: str) -> None:
-    """--text is encoded as UTF-8 by the tokenizer: bytes that are not UTF-8 in the command line
-    (kept by Python as lone surrogates) are a one-line error, not a traceback mid-sampling."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        bad = e.object[e.start]
-        shown = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"U+{ord(bad):04X}"
-        raise UsageError(f"--text: not valid UTF-8 ({shown} at character {e.start}); pass the text in UTF-8") from None
 
 
 def _row(tiles: list[np.ndarray], gap: int = 2) -> np.ndarray:
