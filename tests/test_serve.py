@@ -3,7 +3,6 @@ command's exits (bad --ckpt, port in use, gradio missing, --host 0.0.0.0's warni
 the page in a real browser (Debian's Chromium driven by Playwright) on a tiny random-weights model:
 upload, draw, inpaint, download; a bad upload's message; no request leaves localhost."""
 
-import io
 import os
 import re
 import signal
