@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lip_jax.ops.conv import Conv2d
+
 Array = jax.Array
 
 # Logical axis names of every parameter (mapped to mesh axes by lip_jax.sharding).
@@ -96,12 +98,11 @@ class MaskNormalize(nn.Module):
         return blend(norm(x), norm(zero_hole(x, mask), mask), mask)
 
 
-def conv(features: int, kernel: int, stride: int = 1, padding=1, name: str | None = None) -> nn.Conv:
+def conv(features: int, kernel: int, stride: int = 1, padding=1, name: str | None = None) -> Conv2d:
     """torch.nn.Conv2d equivalent (explicit symmetric padding), logical axes on its parameters."""
-    pad = padding if isinstance(padding, str) else [(padding, padding)] * 2
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=pad, name=name,
-                   kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), CONV_AXES),
-                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))
+    return Conv2d(features, kernel, stride, padding, name=name,
+                  kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), CONV_AXES),
+                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))
 
 
 class MaskConv(nn.Module):
