@@ -19,3 +19,14 @@ def random_params(template, seed):
         return (0.5 * rng.standard_normal(shape)).astype(np.float32)
 
     return jax.tree_util.tree_map_with_path(leaf, template)
+
+
+def save_stage2(directory, config) -> None:
+    """A stage-2 checkpoint of `config`'s models with random weights, saved with the config, as
+    `lip-jax train` leaves WORKDIR/params."""
+    from lip_jax.models.dfvqgan import param_template as vq_template
+    from lip_jax.models.mps2s import param_template as mps_template
+    from lip_jax.weights.store import save_params
+
+    save_params(directory, {"vqgan": random_params(vq_template(config.vqgan), 1),
+                            "mps": random_params(mps_template(config.mps), 2)}, config=config)

@@ -18,12 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from random_weights import random_params
+from random_weights import save_stage2
 from lip_jax.cli import main
 from lip_jax.config import load_config
-from lip_jax.models.dfvqgan import param_template as vq_template
-from lip_jax.models.mps2s import param_template as mps_template
-from lip_jax.weights.store import save_params
 
 import gradio as gr  # noqa: E402  (in the test extra: never skipped)
 from lip_jax.app import web  # noqa: E402
@@ -42,8 +39,7 @@ def ckpt(tmp_path_factory):
     """A stage-2 checkpoint saved with its config (random weights), as `lip-jax train` leaves it."""
     config = load_config(CONFIG)
     root = tmp_path_factory.mktemp("serve")
-    save_params(root / "params", {"vqgan": random_params(vq_template(config.vqgan), 1),
-                                  "mps": random_params(mps_template(config.mps), 2)}, config=config)
+    save_stage2(root / "params", config)
     return str(root)
 
 

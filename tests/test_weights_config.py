@@ -9,11 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from random_weights import random_params
+from random_weights import save_stage2
 from lip_jax.cli import main
 from lip_jax.config import UsageError, load_config
-from lip_jax.models.dfvqgan import param_template as vq_template
-from lip_jax.models.mps2s import param_template as mps_template
 from lip_jax.weights.errors import CheckpointError
 from lip_jax.weights.load import config_for, model_differences
 from lip_jax.weights.store import load_params, save_params, saved_config
@@ -27,8 +25,7 @@ def ckpt(tmp_path_factory):
     """A stage-2 orbax tree saved with its config, as `lip-jax train` leaves WORKDIR/params."""
     config = load_config(CONFIG)
     root = tmp_path_factory.mktemp("w")
-    save_params(root / "params", {"vqgan": random_params(vq_template(config.vqgan), 1),
-                                  "mps": random_params(mps_template(config.mps), 2)}, config=config)
+    save_stage2(root / "params", config)
     return root, config
 
 

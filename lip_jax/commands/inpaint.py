@@ -14,7 +14,7 @@ import numpy as np
 
 from lip_jax.app.outputs import check_file, distinct
 from lip_jax.images import write_image
-from lip_jax.commands.options import OVERRIDES, config_arg
+from lip_jax.commands.options import OVERRIDES, config_arg, lip_ckpt_arg
 from lip_jax.config import UsageError
 
 
@@ -27,8 +27,7 @@ def add_parser(subparsers):
                                           "the text alone; an empty --text is unconditional on text.",
                               epilog=OVERRIDES)
     config_arg(p, "configs/mps_coco.py", required=False)
-    p.add_argument("--ckpt", required=True, help="stage-2 workdir (or its params/), orbax {mps, vqgan} from "
-                                                 "lip-jax convert, or the official NUWA-LIP .pth")
+    lip_ckpt_arg(p)
     p.add_argument("--image", required=True)
     p.add_argument("--mask", required=True, help="image file, non-zero = region to fill (alpha is ignored)")
     p.add_argument("--invert-mask", action="store_true", help="the mask marks the region to keep")

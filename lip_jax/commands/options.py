@@ -18,3 +18,9 @@ def config_of(args):
     config = load_config(args.config)
     apply_overrides(config, args.overrides)
     return config
+
+
+def lip_ckpt_arg(p) -> None:
+    """--ckpt of the commands that run NUWA-LIP (inpaint, serve): one spelling of what they take."""
+    p.add_argument("--ckpt", required=True, help="stage-2 workdir (or its params/), orbax {mps, vqgan} from "
+                                                 "lip-jax convert, or the official NUWA-LIP .pth")

@@ -10,7 +10,7 @@ import errno
 import socket
 import sys
 
-from lip_jax.commands.options import OVERRIDES, config_arg
+from lip_jax.commands.options import OVERRIDES, config_arg, lip_ckpt_arg
 from lip_jax.config import UsageError
 
 LOCAL = ("127.0.0.1", "localhost", "::1")
@@ -26,8 +26,7 @@ def add_parser(subparsers):
                                           "stops it (exit 0).",
                               epilog=OVERRIDES)
     config_arg(p, "configs/mps_coco.py", required=False)
-    p.add_argument("--ckpt", required=True, help="stage-2 workdir (or its params/), orbax {mps, vqgan} from "
-                                                 "lip-jax convert, or the official NUWA-LIP .pth")
+    lip_ckpt_arg(p)
     p.add_argument("--clip", help="CLIP reranker: OpenAI ViT-B-32.pt, HF CLIPModel dir or hub name, orbax dir "
                                   "(default: none; candidates in sampling order)")
     p.add_argument("--clip-config", help="CLIP preset when the sizes cannot be read from --clip")
