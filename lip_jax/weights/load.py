@@ -60,11 +60,10 @@ def clip_config_of(params, preset=None):
 @functools.lru_cache(maxsize=4)
 def _templates(mps_json: str, vq_json: str) -> tuple:
     """Parameter shapes of both models (tracing DF-VQGAN's init costs seconds: once per process)."""
-    from lip_jax.weights import dfvqgan as conv_vq
-    from lip_jax.weights import mps2s as conv_mps
+    from lip_jax.models import dfvqgan, mps2s
 
-    return (("mps", conv_mps.param_template(json.loads(mps_json))),
-            ("vqgan", conv_vq.param_template(json.loads(vq_json))))
+    return (("mps", mps2s.param_template(json.loads(mps_json))),
+            ("vqgan", dfvqgan.param_template(json.loads(vq_json))))
 
 
 def _as_json(cfg) -> str:
