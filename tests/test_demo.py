@@ -38,6 +38,23 @@ def test_object_hole_hides_the_object_on_the_token_grid():
         Shapes(image_size=32, object_hole=5)
 
 
+def test_hide_all_covers_every_object_and_keeps_the_target():
+    one = Shapes(num_examples=30, image_size=32, seed=3, max_objects=3, object_hole=4)
+    every = Shapes(num_examples=30, image_size=32, seed=3, max_objects=3, object_hole=4, hide_all=True)
+    grown = 0
+    for i in range(len(one)):
+        a, b = one[i], every[i]
+        assert a["target"] == b["target"] and np.array_equal(a["image"], b["image"])
+        assert np.all(b["mask"] >= a["mask"])  # the one-object hole is part of it
+        for obj in scene(3, i, 3, 1.0):
+            left, top, right, bottom = (int(v * 32) for v in obj.box)
+            assert b["mask"][top:bottom, left:right].all()
+        cells = b["mask"].reshape(8, 4, 8, 4).transpose(0, 2, 1, 3).reshape(64, 16)
+        assert np.all(cells.all(axis=1) | ~cells.any(axis=1))
+        grown += int(b["mask"].sum() > a["mask"].sum())
+    assert grown > 0  # scenes with several objects hide more than one
+
+
 def test_counterfactual_changes_colour_and_shape():
     rng = np.random.default_rng(0)
     for i in range(30):
@@ -83,7 +100,12 @@ def test_demo_smoke_end_to_end(tmp_path, capsys):
         assert rows and all(r["skipped"] == 0 and 0 < r["update_ratio"] < MAX_UPDATE_RATIO / 10 for r in rows), rows
     from PIL import Image
     grid = np.asarray(Image.open(os.path.join(work, "demo.png")))
-    assert grid.shape[0] > 2 * 128 and grid.shape[1] > 4 * 128  # 2 rows x 4 cells of 32 px at x4
+    # 2 rows x 6 cells of 32 px at x6: ground truth, input, and per caption the pasted result and
+    # the raw model output
+    assert grid.shape[0] > 2 * 192 and grid.shape[1] > 6 * 192
+    for which in ("true_caption", "counterfactual_caption"):
+        for key, (lo, hi) in report[which]["follows_95"].items():
+            assert 0 <= lo <= report[which]["follows"][key] <= hi <= 1
     # A rerun finds both stages trained and only evaluates.
     capsys.readouterr()
     assert main(["demo", "--config", CONFIG + ":smoke", "--workdir", work]) == 0
@@ -117,6 +139,20 @@ def get_config(arg=None):
     err = capsys.readouterr().err
     assert err.startswith(f"lip-jax: error: {os.path.join(work, 'stage2')}: trained with another demo config")
     assert len(err.strip().splitlines()) == 1 and sorted(os.listdir(os.path.join(work, "stage2"))) == before
+    # --seed is part of each stage's recipe: the same workdir under another seed is refused too.
+    assert main(["demo", "--config", CONFIG + ":smoke", "--workdir", work, "--seed", "5"]) == 2
+    assert "trained with another demo config" in capsys.readouterr().err
+    assert sorted(os.listdir(os.path.join(work, "stage2"))) == before
+
+
+def test_wilson_interval():
+    from lip_jax.app.demo import wilson_interval
+
+    lo, hi = wilson_interval(0.5, 100)
+    assert abs(lo - 0.4038) < 1e-4 and abs(hi - 0.5962) < 1e-4
+    lo, hi = wilson_interval(1.0, 256)  # not empty at 100%, and inside [0, 1]
+    assert 0.98 < lo < 1.0 and hi == 1.0
+    assert wilson_interval(0.0, 256)[0] == 0.0
 
 
 def test_demo_bad_arguments(tmp_path, capsys):

@@ -219,8 +219,11 @@ def test_mask_pyramid_matches_official_pooling(size):
         np.testing.assert_array_equal(np.asarray(ops.mask_pyramid_level(jnp.asarray(mask), level)), ref)
 
 
-def test_masked_group_norm_matches_official_for_many_channels():
-    """64 channels, 2 per group: the shape where the official einops-0.3 code path matters."""
+@pytest.mark.parametrize("minor", [True, False], ids=["stats-minor", "nhwc"])
+def test_masked_group_norm_matches_official_for_many_channels(minor, monkeypatch):
+    """64 channels, 2 per group: the shape where the official einops-0.3 code path matters; in
+    both layouts of the statistics (the CPU's, groups made minor, and the other backends' NHWC)."""
+    monkeypatch.setattr(ops, "STATS_MINOR_ON", (jax.default_backend(),) if minor else ())
     rng = np.random.default_rng(15)
     x = rng.normal(size=(2, 16, 16, 64)).astype(np.float32) * 3 + 1
     mask = irregular_masks(2, 16, seed=16)
@@ -233,6 +236,13 @@ def test_masked_group_norm_matches_official_for_many_channels():
                        "bias": ref.norm.bias.detach().numpy().reshape(64)}}
     got = ops.MaskNormalize().apply({"params": params}, jnp.asarray(x), jnp.asarray(mask))
     assert rel_err(got, want) < 1e-5
+    # Gradients of the two layouts agree (the official parity tests run the CPU's layout only).
+    ct = jnp.asarray(rng.normal(size=x.shape).astype(np.float32))
+    grad = lambda: jax.grad(lambda v: jnp.sum(ops.MaskNormalize().apply({"params": params}, v, jnp.asarray(mask)) * ct))(  # noqa: E731
+        jnp.asarray(x))
+    mine = grad()
+    monkeypatch.setattr(ops, "STATS_MINOR_ON", () if minor else (jax.default_backend(),))
+    assert rel_err(mine, grad()) < 1e-5
 
 
 def test_masked_attention_blocks_known_to_hole_only():

@@ -1,6 +1,7 @@
 """Training-step speed against PyTorch, side by side in one run on this machine.
 
     python tools/bench_step.py [--steps 15] [--res 128 256] [--skip-official]
+    python tools/bench_step.py --against REV [--rounds 3]     # the demo's steps, REV's code vs this tree's
 
 Rows:
   * the demo's stage-1 step (`configs/shapes_demo.py:stage1`: forward, backward and Adam update
@@ -14,6 +15,11 @@ Rows:
 
 Each time is the median of `--steps` calls after two warm-up calls. Prints a Markdown table and one
 JSON line with the torch thread count and XLA_FLAGS.
+
+`--against REV` times the demo's two steps with the library of another commit (checked out into a
+temporary git worktree) and with this tree's, alternating fresh processes over `--rounds` rounds
+(so that a machine's drift falls on both), on the same shapes (this tree's demo config); it reports
+each side's median and the speed-up. The PyTorch step runs in every process: its spread is the noise.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 
 import flax.linen as nn
@@ -31,7 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# LIP_JAX_ROOT: the source tree whose library is timed (set by --against for another commit).
+sys.path.insert(0, os.environ.get("LIP_JAX_ROOT", HERE))
 
 from lip_jax.config import load_config  # noqa: E402
 from lip_jax.models import dfvqgan as D  # noqa: E402
@@ -39,7 +49,7 @@ from lip_jax.train import faults, stage1, stage2  # noqa: E402
 from lip_jax.weights import torch_dfvqgan as T  # noqa: E402
 from lip_jax.weights.dfvqgan import dfvqgan_from_torch  # noqa: E402
 
-DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "shapes_demo.py")
+DEMO = os.path.join(HERE, "configs", "shapes_demo.py")
 
 
 def median_s(fn, steps: int) -> float:
@@ -154,13 +164,21 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=15, help="timed calls per row (median), after 2 warm-up calls")
     ap.add_argument("--res", type=int, nargs="+", default=[128, 256], help="official-structure resolutions")
     ap.add_argument("--skip-official", action="store_true", help="only the demo's rows")
+    ap.add_argument("--against", metavar="REV", help="time the demo's steps with REV's library and with this tree's")
+    ap.add_argument("--rounds", type=int, default=3, help="with --against: alternating processes per side")
+    ap.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.against:
+        return against(args.against, args.rounds, args.steps)
     jax.config.update("jax_default_matmul_precision", "highest")  # the same arithmetic as torch float32
     torch.set_num_threads(os.cpu_count() or 1)
     rows = [demo_stage1(args.steps)]
     if not args.skip_official:
         rows += [official(r, max(3, args.steps // 3)) for r in args.res]
     rows.append(demo_stage2(args.steps))
+    if args.json_only:
+        print(json.dumps(rows))
+        return
     print("| row | px | batch | JAX ms | PyTorch ms | JAX speed / PyTorch | achieved GFLOP/s (share of matmul rate) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
@@ -173,6 +191,39 @@ def main() -> None:
                           processor=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
                           torch_threads=torch.get_num_threads(), xla_flags=os.environ.get("XLA_FLAGS", ""),
                           jax=jax.__version__, torch=torch.__version__, rows=rows)))
+
+
+def against(rev: str, rounds: int, steps: int) -> None:
+    """The demo's steps under REV's library and this tree's, in alternating fresh processes."""
+    sha = subprocess.run(["git", "-C", HERE, "rev-parse", "--short", rev], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = os.path.join(tmp, sha)
+        subprocess.run(["git", "-C", HERE, "worktree", "add", "--detach", tree, sha], check=True, capture_output=True)
+        try:
+            sides = {f"{sha} ({rev})": tree, "this tree": HERE}
+            runs = {name: [] for name in sides}
+            for r in range(rounds):
+                for name, root in (sides.items() if r % 2 == 0 else reversed(sides.items())):
+                    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--skip-official", "--json-only",
+                                          "--steps", str(steps)], env=dict(os.environ, LIP_JAX_ROOT=root),
+                                         check=True, capture_output=True, text=True).stdout
+                    runs[name].append(json.loads(out.strip().splitlines()[-1]))
+                    print(f"round {r + 1}/{rounds}: {name} done", file=sys.stderr, flush=True)
+        finally:
+            subprocess.run(["git", "-C", HERE, "worktree", "remove", "--force", tree], capture_output=True)
+    med = {name: [float(np.median([rs[i]["jax_ms"] for rs in results])) for i in range(2)]
+           for name, results in runs.items()}
+    torch_ms = {name: float(np.median([rs[0]["torch_ms"] for rs in results])) for name, results in runs.items()}
+    base, new = list(med)
+    print(f"| step | {base}: JAX ms | this tree: JAX ms | speed-up | PyTorch ms (in each side's processes) |")
+    print("|---|---|---|---|---|")
+    for i, row in enumerate(("demo stage-1 step (fwd+bwd+Adam)", "demo stage-2 step (fwd+bwd+AdamW)")):
+        torch_cell = f"{torch_ms[base]:.1f} / {torch_ms[new]:.1f}" if i == 0 else "-"
+        print(f"| {row} | {med[base][i]:.1f} | {med[new][i]:.1f} | {med[base][i] / med[new][i]:.2f}x | {torch_cell} |")
+    print(json.dumps(dict(bench="step_against", against=rev, commit=sha, rounds=rounds, steps=steps,
+                          processor=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
+                          xla_flags=os.environ.get("XLA_FLAGS", ""), median_ms=med, torch_ms=torch_ms, runs=runs)))
 
 
 if __name__ == "__main__":

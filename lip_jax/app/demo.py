@@ -6,7 +6,8 @@ the synthetic captioned shapes, on CPU, in minutes.
   3. held-out scenes (another seed) are inpainted twice: with the true caption and with a
      counterfactual one (another colour and shape). `lip_jax.data.dominant` reads the colour and
      shape back from each filled hole, which says how often the hole follows the caption.
-Writes WORKDIR/demo.png (ground truth, defective input, both results) and WORKDIR/report.{md,json}.
+Writes WORKDIR/demo.png (ground truth, defective input; for each caption the result pasted into the
+hole, as `lip-jax inpaint` returns it, and the model's raw output) and WORKDIR/report.{md,json}.
 Each stage resumes from its checkpoints, so a rerun only does what is missing.
 """
 
@@ -65,6 +66,20 @@ def follow_rates(images: np.ndarray, masks: np.ndarray, objects) -> dict:
     shape = np.mean([r[1] == o.shape for r, o in zip(reads, objects)])
     both = np.mean([r == (o.colour, o.shape) for r, o in zip(reads, objects)])
     return {"colour": float(colour), "shape": float(shape), "colour_and_shape": float(both)}
+
+
+def wilson_interval(rate: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a rate measured on n scenes (stays inside [0, 1], and is not
+    empty at 0% or 100%, unlike the normal approximation)."""
+    if n <= 0:
+        return 0.0, 1.0
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def with_intervals(rates: dict, n: int) -> dict:
+    return {k: [*wilson_interval(v, n)] for k, v in rates.items()}
 
 
 def most_likely(inpainter, images: np.ndarray, masks: np.ndarray, texts: list[str], k: int, *,
@@ -161,7 +176,7 @@ def evaluate(cfg, inpainter, count: int) -> tuple[dict, np.ndarray]:
 
     data = held_out(cfg, count)
     s = cfg.stage2.sample
-    results, report = {}, {"images": count, "top_k": s.top_k, "temperature": s.temperature,
+    results, report = {}, {"images": count, "seed": int(cfg.stage2.seed), "top_k": s.top_k, "temperature": s.temperature,
                            "candidates": s.num_samples,
                            "chance": {"colour": 1 / 6, "shape": 1 / 3, "colour_and_shape": 1 / 18}}
     image = data["image"].astype(np.float32)
@@ -180,12 +195,15 @@ def evaluate(cfg, inpainter, count: int) -> tuple[dict, np.ndarray]:
         pasted = np.stack([photo.paste(im, o, w, m, composite=True)
                            for im, o, w, m in zip(data["image"], pixels, windows, data["mask"])])
         results[which] = pixels
+        results[f"{which}_pasted"] = pasted
         name = {"true": "true_caption", "counter": "counterfactual_caption"}[which]
         keep = ~data["mask"][..., None]
         exact = bool(np.all(np.where(keep, pasted == data["image"], True)))
         pasted_db = float(np.mean(psnr_outside_hole(pasted.astype(np.float32), image, data["mask"])))
+        follows = follow_rates(pixels, data["mask"], data[which])
         report[name] = {
-            "follows": follow_rates(pixels, data["mask"], data[which]),
+            "follows": follows,
+            "follows_95": with_intervals(follows, count),
             "psnr_outside_hole": float(np.mean(psnr_outside_hole(pixels.astype(np.float32), image, data["mask"]))),
             # null when identical (infinite PSNR): report.json stays strict JSON.
             "psnr_outside_hole_pasted": None if exact or not np.isfinite(pasted_db) else pasted_db,
@@ -197,10 +215,14 @@ def evaluate(cfg, inpainter, count: int) -> tuple[dict, np.ndarray]:
     report["reader_on_ground_truth"] = follow_rates(data["image"], data["mask"], data["true"])
     n = min(cfg.eval.grid_images, count)
     defective = np.where(data["mask"][..., None], 128, data["image"]).astype(np.uint8)
-    rows = [[data["image"][i], defective[i], results["true"][i], results["counter"][i]] for i in range(n)]
-    labels = [[data["true_text"][i], "hole in grey", data["true_text"][i], data["counter_text"][i]]
-              for i in range(n)]
-    header = ["ground truth", "input", "result: true caption", "result: counterfactual"]
+    rows = [[data["image"][i], defective[i], results["true_pasted"][i], results["true"][i],
+             results["counter_pasted"][i], results["counter"][i]] for i in range(n)]
+    labels = [[data["true_text"][i], "hole in grey", data["true_text"][i], "(model output)",
+               data["counter_text"][i], "(model output)"] for i in range(n)]
+    # The results as `lip-jax inpaint` returns them (pasted into the hole), each followed by the
+    # model's raw output over the whole image, so the model's own quality stays visible.
+    header = ["ground truth", "input", "result: true caption", "raw model output", "result: counterfactual",
+              "raw model output"]
     return report, _grid(rows, labels, header=header)
 
 
@@ -208,11 +230,16 @@ def _db(v: float | None) -> str:
     return "inf (exact)" if v is None or v == float("inf") else f"{v:.1f}"
 
 
+def _rate(r: dict, key: str) -> str:
+    lo, hi = r["follows_95"][key]
+    return f"{100 * r['follows'][key]:.0f}% ({100 * lo:.0f}-{100 * hi:.0f})"
+
+
 def report_markdown(report: dict) -> str:
     t, c, g = report["true_caption"], report["counterfactual_caption"], report["reader_on_ground_truth"]
     ch = report["chance"]
-    row = lambda name, r: (f"| {name} | {100 * r['follows']['colour']:.0f}% | {100 * r['follows']['shape']:.0f}% "  # noqa: E731
-                           f"| {100 * r['follows']['colour_and_shape']:.0f}% | {_db(r['psnr_outside_hole'])} "
+    row = lambda name, r: (f"| {name} | {_rate(r, 'colour')} | {_rate(r, 'shape')} "  # noqa: E731
+                           f"| {_rate(r, 'colour_and_shape')} | {_db(r['psnr_outside_hole'])} "
                            f"| {_db(r['psnr_outside_hole_pasted'])} |")
     k = report.get("candidates", 1)
     ranking = ("one candidate per image" if k == 1 else
@@ -221,8 +248,8 @@ def report_markdown(report: dict) -> str:
         f"# lip-jax demo: {report['images']} held-out scenes, one object hidden by the hole",
         "",
         "How often the filled hole shows the colour / shape the caption asks for (read back with "
-        "`lip_jax.data.dominant`), and PSNR outside the hole (dB, [0, 255]) of the model's own output "
-        "and of the result pasted into the input's hole:",
+        "`lip_jax.data.dominant`; in brackets the 95% Wilson interval over the scenes), and PSNR outside "
+        "the hole (dB, [0, 255]) of the model's own output and of the result pasted into the input's hole:",
         "",
         "| caption | colour | shape | both | PSNR outside hole, model output | ..., pasted into the hole |",
         "|---|---|---|---|---|---|",
@@ -232,7 +259,7 @@ def report_markdown(report: dict) -> str:
         f"| reader on the ground truth | {100 * g['colour']:.0f}% | {100 * g['shape']:.0f}% "
         f"| {100 * g['colour_and_shape']:.0f}% | | |",
         "",
-        f"Config `{report.get('config', 'shapes_demo.py:demo')}`. "
+        f"Config `{report.get('config', 'shapes_demo.py:demo')}`, seed {report.get('seed', 0)}. "
         f"Sampling: top-k {report['top_k']}, temperature {report['temperature']}, {ranking}. "
         f"Training: stage 1 {report['train']['stage1_s']:.0f} s, stage 2 {report['train']['stage2_s']:.0f} s; "
         f"evaluation {report.get('eval_s', 0):.0f} s; total {report['total_s']:.0f} s.",

@@ -23,6 +23,9 @@ def add_parser(subparsers):
     p.add_argument("--workdir", help="run directory (default: runs/demo, with --quality runs/demo-quality)")
     p.add_argument("--config", default=DEMO_CONFIG, help="demo config file (default: configs/shapes_demo.py)")
     p.add_argument("--images", type=int, help="held-out images to inpaint (default: from the config)")
+    p.add_argument("--seed", type=int,
+                   help="training seed of both stages: initialisation, data order and holes (default: the "
+                        "config's, 0); the held-out scenes stay the same")
     p.add_argument("--quality", action="store_true",
                    help="train longer (the config's :quality entry; the README gives its time and numbers)")
     return p
@@ -63,6 +66,11 @@ def run(args) -> None:
     cfg, config_name = demo_config(args.config, quality)
     if args.images is not None:
         cfg.eval.num_images = ranges.check("images", args.images, cfg.stage2, what="--images")
+    seed = getattr(args, "seed", None)
+    if seed is not None:
+        seed = ranges.check("seed", seed, cfg.stage2, what="--seed")
+        for s in (cfg.stage1, cfg.stage2):
+            s.seed, s.data.seed = seed, seed
     ranges.check_config(cfg)
     work = os.path.abspath(args.workdir or ("runs/demo-quality" if quality else "runs/demo"))
     cfg.stage2.vqgan_ckpt = os.path.join(work, "stage1")

@@ -116,13 +116,16 @@ class Shapes:
     """Random-access source of synthetic captioned scenes (`shapes`)."""
 
     def __init__(self, num_examples: int = 10_000, image_size: int = 256, seed: int = 0,
-                 max_objects: int = 3, object_hole: int = 0, texture: float = 1.0, object_scale: float = 1.0):
+                 max_objects: int = 3, object_hole: int = 0, texture: float = 1.0, object_scale: float = 1.0,
+                 hide_all: bool = False):
         """object_hole > 0: each example also has a `mask` (True = hole) covering one of its objects,
         its box grown by a random margin and snapped outwards to a grid of `object_hole` pixels (the
         VQ token size), so the hole hides the object entirely and only the caption tells what it was.
         texture: strength of the background's stripes and noise (0: a smooth tinted gradient).
         object_scale: multiplies every object's side (e.g. 2 for objects several VQ tokens wide at a
-        small image size; the captions still say "small" / "large")."""
+        small image size; the captions still say "small" / "large").
+        hide_all: the hole covers every object of the scene, each as above (stage 1 of the demo: every
+        object then trains the DF-VQGAN's token path, which alone fills a hole)."""
         if num_examples <= 0 or image_size <= 0:
             raise DataError(f"shapes: num_examples and image_size must be positive, "
                             f"got {num_examples} and {image_size}")
@@ -131,6 +134,7 @@ class Shapes:
         self.num_examples, self.image_size = num_examples, image_size
         self.seed, self.max_objects, self.object_hole = seed, max_objects, object_hole
         self.texture, self.object_scale = float(texture), float(object_scale)
+        self.hide_all = bool(hide_all)
         scene(seed, 0, max_objects, self.object_scale)  # checks the scale
 
     def __len__(self) -> int:
@@ -147,12 +151,14 @@ class Shapes:
             target = objects[int(rng.integers(len(objects)))]
             example["mask"] = object_mask(target, self.image_size, self.object_hole, rng.uniform(0, 0.06))
             example["target"] = target
+            for other in objects if self.hide_all else ():
+                example["mask"] |= object_mask(other, self.image_size, self.object_hole, rng.uniform(0, 0.06))
         return example
 
     def __repr__(self) -> str:
         return (f"Shapes(num_examples={self.num_examples}, image_size={self.image_size}, "
                 f"seed={self.seed}, max_objects={self.max_objects}, object_hole={self.object_hole}, "
-                f"texture={self.texture}, object_scale={self.object_scale})")
+                f"texture={self.texture}, object_scale={self.object_scale}, hide_all={self.hide_all})")
 
 
 def object_mask(obj: Shape, size: int, grid: int, margin: float = 0.0) -> np.ndarray:

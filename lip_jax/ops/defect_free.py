@@ -18,6 +18,10 @@ Array = jax.Array
 
 # Logical axis names of every parameter (mapped to mesh axes by lip_jax.sharding).
 CONV_AXES = ("conv_kh", "conv_kw", "conv_in", "conv_out")
+# Backends on which group_norm first makes each group's entries one minor axis: XLA:CPU reduces a
+# minor axis about twice as fast as the positions axis of NHWC (a MaskNormalize's forward and
+# backward at 8x32x32x32 on a 2-core Xeon: 4.7 against 8.9 ms, transposes included).
+STATS_MINOR_ON = ("cpu",)
 
 
 def zero_hole(x: Array, mask: Array | None) -> Array:
@@ -50,25 +54,34 @@ def group_norm(x: Array, num_groups: int, eps: float, ddof: int, mask: Array | N
     mean = mean_all * n / (n - m + eps), hole filled with that mean, var * (n - 1) / (n - m - 1 + eps).
     """
     b, h, w, c = x.shape
-    g = x.reshape(b, h * w, num_groups, c // num_groups)
-    n = h * w * (c // num_groups)
-    mean = jnp.mean(g, axis=(1, 3), keepdims=True)
+    per = c // num_groups
+    n = h * w * per
+    minor = jax.default_backend() in STATS_MINOR_ON
+    if minor:
+        g = jnp.transpose(x.reshape(b, h * w, num_groups, per), (0, 2, 3, 1)).reshape(b, num_groups, n)
+        axes = (2,)
+    else:
+        g = x.reshape(b, h * w, num_groups, per)
+        axes = (1, 3)
+    mean = jnp.mean(g, axis=axes, keepdims=True)
     filled = g
     if mask is not None:
-        hole = mask.reshape(b, h * w, 1, 1)
+        hole = mask.reshape(b, 1, h * w) if minor else mask.reshape(b, h * w, 1, 1)
         # n - m counted directly: written as `n - m + eps`, XLA folds the constants to
         # `(n + eps) - m`, which is 0 for an all-hole group (0/0 = NaN in the discarded branch,
         # and NaN * 0 in its gradient).
-        known = jnp.sum(~hole, axis=1, keepdims=True).astype(x.dtype) * (c // num_groups)
+        known = jnp.sum(~hole, axis=axes[0], keepdims=True).astype(x.dtype) * per
         mean = mean * n / (known + eps)
-        filled = jnp.where(hole, mean, g)
-    centred = filled - jnp.mean(filled, axis=(1, 3), keepdims=True)
-    var = jnp.sum(jnp.square(centred), axis=(1, 3), keepdims=True) / (n - ddof)
+        filled = jnp.where(jnp.tile(hole, (1, 1, per)) if minor else hole, mean, g)
+    centred = filled - jnp.mean(filled, axis=axes, keepdims=True)
+    var = jnp.sum(jnp.square(centred), axis=axes, keepdims=True) / (n - ddof)
     if mask is not None:
         # All-hole: the denominator is eps - 1 < 0, as in the official code (the branch is
         # discarded by the blend); clamping keeps a rounding residue from reaching sqrt.
         var = jnp.maximum(var * (n - 1) / (known - 1 + eps), 0.0)
     out = (g - mean) / jnp.sqrt(var + eps)
+    if minor:
+        return jnp.transpose(out.reshape(b, num_groups, per, h * w), (0, 3, 1, 2)).reshape(b, h, w, c)
     return out.reshape(b, h, w, c)
 
 

@@ -6,7 +6,7 @@ fresh reconstruction by the updated autoencoder. Both `torch.optim.Adam` (= opta
 added to the bias-corrected root), betas (0.5, 0.9), learning rate 4.5e-6 x the batch of one update
 (official `gradient_accumulate_steps x train_batch_size x learning_rate`: here `data.batch_size` is
 the batch of one update, and stage 1 has no gradient accumulation). A step with a non-finite loss
-leaves the state untouched (and says so).
+says so (`finite`); faults.guard, which the trainer wraps every step in, then keeps the old state.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ def schedule(cfg):
 
 
 def optimizer(cfg) -> optax.GradientTransformation:
-    return optax.adam(schedule(cfg), b1=0.5, b2=0.9)
+    # Official Adam(0.5, 0.9): the betas of GAN training; `train.adam_b1` / `adam_b2` for runs without it.
+    return optax.adam(schedule(cfg), b1=float(cfg.train.get("adam_b1", 0.5)), b2=float(cfg.train.get("adam_b2", 0.9)))
 
 
 def init_boxed(cfg, rng: jax.Array):
@@ -212,13 +213,11 @@ def make_train_step(cfg, perceptual: Perceptual, use_disc: bool, details: bool |
             if details:
                 metrics.update(group_grad_norms(dgrads, "discriminator"))
             loss = loss + d_loss
-        finite = jnp.isfinite(loss)
-        # A non-finite step changes no weight and no optimizer moment; step and rng move on.
-        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
-        new = State(step=state.step + 1, rng=rng, params=keep(params, state.params), opt=keep(opt, state.opt),
-                    disc_params=keep(dparams, state.disc_params), disc_stats=keep(dstats, state.disc_stats),
-                    disc_opt=keep(dopt, state.disc_opt))
-        metrics["finite"] = finite
+        # `finite` is read by faults.guard, which keeps the old weights and moments of a step that
+        # fails it (one select per leaf there, not a second one here).
+        new = State(step=state.step + 1, rng=rng, params=params, opt=opt, disc_params=dparams, disc_stats=dstats,
+                    disc_opt=dopt)
+        metrics["finite"] = jnp.isfinite(loss)
         return new, metrics
 
     return step

@@ -6,7 +6,7 @@ cross-entropy on the hole tokens only. The official optimizer, `transformers.Ada
 weight decay; its update rule in `lip_jax.train.optim`), under `get_linear_schedule_with_warmup`
 with int(5% x total) warm-up steps; `train.optimizer = "optax_adamw"` selects optax's AdamW
 instead (eps inside the bias-corrected root). Gradient accumulation over microbatches inside the
-step; dropout on; a non-finite step changes nothing.
+step; dropout on; a non-finite step says so (`finite`) and faults.guard keeps the old state.
 """
 
 from __future__ import annotations
@@ -137,10 +137,9 @@ def make_train_step(cfg, details: bool | None = None):
         loss = total / denom
         updates, opt = tx.update(grads, state.opt, state.params)
         params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(loss)
-        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
-        new = State(step=state.step + 1, params=keep(params, state.params), opt=keep(opt, state.opt), rng=rng)
-        metrics = dict(loss=loss, accuracy=correct / denom, hole_tokens=holes, finite=finite)
+        # `finite` is read by faults.guard, which keeps the old state of a step that fails it.
+        new = State(step=state.step + 1, params=params, opt=opt, rng=rng)
+        metrics = dict(loss=loss, accuracy=correct / denom, hole_tokens=holes, finite=jnp.isfinite(loss))
         if details:
             metrics.update(lr=lr_of(optim.update_count(state.opt)), **optim.group_grad_norms(grads))
         return new, metrics
