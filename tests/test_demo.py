@@ -174,3 +174,21 @@ def test_quality_picks_the_longer_entry(capsys):
     assert quality.eval == default.eval  # the same held-out scenes, read the same way
     assert main(["demo", "--config", CONFIG + ":smoke", "--quality"]) == 2
     assert "--quality picks the :quality entry" in capsys.readouterr().err
+
+
+def test_demo_seeds_tool_reports_each_seed(tmp_path):
+    """tools/demo_seeds.py as the README runs it, on the smoke config: one demo per seed, a table
+    with the worst row, and the JSON line; the seed reaches both stages (the report says it)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "demo_seeds.py"), "--seeds", "3",
+                          "--config", CONFIG + ":smoke", "--root", str(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = json.loads(out.stdout.strip().splitlines()[-1])
+    assert line["bench"] == "demo_seeds" and list(line["seeds"]) == ["3"] and line["images"] == 4
+    assert "| 3 |" in out.stdout and "| worst |" in out.stdout
+    assert json.load(open(tmp_path / "seed3" / "report.json"))["seed"] == 3
+    for stage in ("stage1", "stage2"):
+        assert json.load(open(tmp_path / "seed3" / stage / "demo_config.json"))["seed"] == 3
