@@ -18,10 +18,15 @@ Array = jax.Array
 
 # Logical axis names of every parameter (mapped to mesh axes by lip_jax.sharding).
 CONV_AXES = ("conv_kh", "conv_kw", "conv_in", "conv_out")
-# Backends on which group_norm first makes each group's entries one minor axis: XLA:CPU reduces a
-# minor axis about twice as fast as the positions axis of NHWC (a MaskNormalize's forward and
-# backward at 8x32x32x32 on a 2-core Xeon: 4.7 against 8.9 ms, transposes included).
+# Backends on which group_norm first makes each group's entries one minor axis, for groups of at
+# most STATS_MINOR_MAX_CHANNELS channels. XLA:CPU reduces the positions axis of NHWC slowly when a
+# group is one or two channels wide; wider groups reduce well in place and the transposes then
+# cost more than they save. A MaskNormalize's forward and backward, 2-core Xeon, NHWC -> minor:
+# 1 channel per group: 8x32x32x32 7.6 -> 2.3 ms, 2x256x256x32 220 -> 98 ms; 2 channels:
+# 8x16x16x64 2.3 -> 1.5 ms, 2x64x64x64 9.8 -> 5.3 ms, 2x128x128x64 48 -> 53 ms; 4 channels
+# (the official 128-channel levels): 2x128x128x128 75 -> 150 ms, so NHWC stays there.
 STATS_MINOR_ON = ("cpu",)
+STATS_MINOR_MAX_CHANNELS = 2
 
 
 def zero_hole(x: Array, mask: Array | None) -> Array:
@@ -56,7 +61,7 @@ def group_norm(x: Array, num_groups: int, eps: float, ddof: int, mask: Array | N
     b, h, w, c = x.shape
     per = c // num_groups
     n = h * w * per
-    minor = jax.default_backend() in STATS_MINOR_ON
+    minor = jax.default_backend() in STATS_MINOR_ON and per <= STATS_MINOR_MAX_CHANNELS
     if minor:
         g = jnp.transpose(x.reshape(b, h * w, num_groups, per), (0, 2, 3, 1)).reshape(b, num_groups, n)
         axes = (2,)
