@@ -64,8 +64,7 @@ def schedule(cfg):
 
 
 def optimizer(cfg) -> optax.GradientTransformation:
-    # Official Adam(0.5, 0.9): the betas of GAN training; `train.adam_b1` / `adam_b2` for runs without it.
-    return optax.adam(schedule(cfg), b1=float(cfg.train.get("adam_b1", 0.5)), b2=float(cfg.train.get("adam_b2", 0.9)))
+    return optax.adam(schedule(cfg), b1=0.5, b2=0.9)
 
 
 def init_boxed(cfg, rng: jax.Array):
