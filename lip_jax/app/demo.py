@@ -230,7 +230,9 @@ def _db(v: float | None) -> str:
     return "inf (exact)" if v is None or v == float("inf") else f"{v:.1f}"
 
 
-def _rate(r: dict, key: str) -> str:
+def rate_with_interval(r: dict, key: str) -> str:
+    """'62% (56-67)': a caption's follow rate and its 95% interval, as report.md and
+    tools/demo_seeds.py print them."""
     lo, hi = r["follows_95"][key]
     return f"{100 * r['follows'][key]:.0f}% ({100 * lo:.0f}-{100 * hi:.0f})"
 
@@ -238,8 +240,8 @@ def _rate(r: dict, key: str) -> str:
 def report_markdown(report: dict) -> str:
     t, c, g = report["true_caption"], report["counterfactual_caption"], report["reader_on_ground_truth"]
     ch = report["chance"]
-    row = lambda name, r: (f"| {name} | {_rate(r, 'colour')} | {_rate(r, 'shape')} "  # noqa: E731
-                           f"| {_rate(r, 'colour_and_shape')} | {_db(r['psnr_outside_hole'])} "
+    row = lambda name, r: (f"| {name} | {rate_with_interval(r, 'colour')} | {rate_with_interval(r, 'shape')} "  # noqa: E731
+                           f"| {rate_with_interval(r, 'colour_and_shape')} | {_db(r['psnr_outside_hole'])} "
                            f"| {_db(r['psnr_outside_hole_pasted'])} |")
     k = report.get("candidates", 1)
     ranking = ("one candidate per image" if k == 1 else
